@@ -1,0 +1,268 @@
+"""S4: the structured state space layer (Gu, Goel, Ré 2022), in convolution and recurrent modes.
+
+Per channel h the continuous SSM is x' = A x + B u, y = C x + D u, with A = Λ - P Q^* (NPLR, rank 1, Q = P for
+HiPPO-LegS). N = d_state modes are stored as N/2 complex numbers; the other half are their conjugates.
+
+Convolution mode (S4 paper, Alg. 1): the length-L kernel K_l = C̃ Ā^l B̄ comes from its truncated generating
+function at the roots of unity ω_k, with the bilinear transform z_k = 2(1 - ω_k)/(1 + ω_k):
+    K̂(ω) = 2/(1+ω) · [k00 - k01 (1 + k11)^{-1} k10],  k_ab = sum_n dt a_n b_n / (z - dt Λ_n)   (Woodbury)
+and K = irfft(K̂). C̃ = (I - Ā^L)^T C is stored instead of C (the "C̃ trick"), exactly like the reference:
+``l_kernel`` records the length C̃ is attuned to (0 = the parameter still holds the raw C).
+
+Recurrent mode: bilinear discretisation Ā = (2/dt - A)^{-1}(2/dt + A), B̄ = (2/dt - A)^{-1} 2B. The step
+applies (2/dt - A)^{-1} with Woodbury in O(N) (the reference's 'linear' step). All discrete quantities are
+computed in float64 and only then cast; Ā is never diagonalised in float32 (its eigenvectors have condition
+number ~1e8 at the LegS init, which is why the reference's float32 'diagonal' step is off by O(0.5)).
+Where powers Ā^L are needed (C ↔ C̃, prompt → state), we use the float64 eigendecomposition of A, which is
+shared by all channels of one SSM copy (dt only changes the eigenvalues μ = (2/dt + a)/(2/dt - a)).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sashimi_core.cauchy import cauchy
+from sashimi_core.hippo import nplr_legs
+
+
+def _c(x: torch.Tensor) -> torch.Tensor:
+    """Real view (..., 2) -> complex (...)."""
+    return torch.view_as_complex(x.contiguous() if x.stride(-1) != 1 else x)
+
+
+def _ssm_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Register an SSM parameter tagged for the lr 1e-3 / no weight decay group (see train.py)."""
+    p = nn.Parameter(value)
+    p._ssm = True
+    module.register_parameter(name, p)
+
+
+class S4Kernel(nn.Module):
+    """NPLR (S4) or diagonal (S4D) SSM kernel for H channels; produces K (H, L) and step-mode matrices.
+
+    Parameters (reference names and layout where they exist):
+        log_dt (H,), A_real (S, N/2) with Re Λ = -exp(A_real), A_imag (S, N/2) with Im Λ = -A_imag,
+        B (S, N/2, 2), P (S, N/2, 2) [nplr only], C (H, N/2, 2) holding C̃ once l_kernel > 0.
+    S = n_ssm copies of (Λ, B, P) are shared across channels (S = H when n_ssm is None).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, n_ssm: int | None = 1, dt_min: float = 1e-3,
+                 dt_max: float = 1e-1, mode: str = "nplr", cauchy_backend: str = "auto"):
+        super().__init__()
+        if mode not in ("nplr", "diag"):
+            raise ValueError(f"mode must be 'nplr' or 'diag', got {mode!r}")
+        S = d_model if n_ssm is None else n_ssm
+        if d_model % S:
+            raise ValueError(f"n_ssm={S} must divide d_model={d_model}")
+        self.H, self.N2, self.S, self.mode, self.cauchy_backend = d_model, d_state // 2, S, mode, cauchy_backend
+        Lambda, P, B = nplr_legs(d_state)  # complex128 (N/2,)
+        log_dt = torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        _ssm_param(self, "log_dt", log_dt)
+        _ssm_param(self, "A_real", torch.log(-Lambda.real).float().repeat(S, 1))
+        _ssm_param(self, "A_imag", (-Lambda.imag).float().repeat(S, 1))
+        _ssm_param(self, "B", torch.view_as_real(B.to(torch.complex64)).repeat(S, 1, 1))
+        if mode == "nplr":
+            _ssm_param(self, "P", torch.view_as_real(P.to(torch.complex64)).repeat(S, 1, 1))
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(d_model, self.N2, dtype=torch.complex64)))
+        self.register_buffer("l_kernel", torch.tensor(0, dtype=torch.int64))
+
+    # ---- parameters ---------------------------------------------------------------------------------
+    def _params(self, dtype=None):
+        """dt (H, 1) real; Λ, B, P, C (H, N/2) complex (P is None for diag). dtype: complex dtype."""
+        rep = self.H // self.S  # channel h uses SSM copy h % S (reference: repeat '(v t)')
+        Lambda = (-torch.exp(self.A_real) - 1j * self.A_imag).repeat(rep, 1)
+        B = _c(self.B).repeat(rep, 1)
+        P = _c(self.P).repeat(rep, 1) if self.mode == "nplr" else None
+        C = _c(self.C)
+        dt = torch.exp(self.log_dt).unsqueeze(-1)
+        if dtype is not None:
+            rdtype = torch.float64 if dtype == torch.complex128 else torch.float32
+            Lambda, B, C, dt = Lambda.to(dtype), B.to(dtype), C.to(dtype), dt.to(rdtype)
+            P = P.to(dtype) if P is not None else None
+        return dt, Lambda, B, P, C
+
+    # ---- convolution mode ---------------------------------------------------------------------------
+    def forward(self, L: int) -> torch.Tensor:
+        """Convolution kernel K (H, L), real. Grows C̃'s length first if L exceeds it (as the reference)."""
+        while int(self.l_kernel) == 0 or L > int(self.l_kernel):
+            self._setup_C(L)
+        Lk = int(self.l_kernel)
+        dt, Lambda, B, P, C = self._params()
+        w = dt * Lambda  # (H, N/2)
+        k = torch.arange((Lk + 1) // 2, device=w.device, dtype=torch.float64)  # nodes below Nyquist
+        theta = math.pi * k / Lk
+        omega = torch.polar(torch.ones_like(theta), -2 * theta).to(w.dtype)  # ω_k = exp(-2πik/Lk)
+        z = (2j * torch.tan(theta)).to(w.dtype)  # 2(1 - ω)/(1 + ω) = 2i tan(θ), exact
+        if P is None:  # S4D: plain Cauchy sum
+            k_f = cauchy(dt * B * C, z, w, backend=self.cauchy_backend, conj=True)
+        else:
+            left = torch.stack([B, P])  # (2, H, N/2)
+            right = torch.stack([C, P.conj()])
+            v = dt * left.unsqueeze(1) * right.unsqueeze(0)  # (2, 2, H, N/2)
+            r = cauchy(v, z, w, backend=self.cauchy_backend, conj=True)  # (2, 2, H, Lk')
+            k_f = r[0, 0] - r[0, 1] * r[1, 0] / (1 + r[1, 1])  # Woodbury, rank 1
+        k_f = k_f * 2 / (1 + omega)
+        if Lk % 2 == 0:  # ω = -1: the bilinear map sends it to ∞; the limit is C̃ dt B / 2 over all N modes
+            k_f = torch.cat([k_f, (dt * B * C).sum(-1, keepdim=True).real.to(k_f.dtype)], -1)
+        return torch.fft.irfft(k_f, n=Lk)[..., :L]
+
+    # ---- float64 discrete-time machinery -----------------------------------------------------------
+    def _eig(self):
+        """Eigendecomposition of A over all N modes, per SSM copy, in complex128.
+
+        Returns a (S, N), V (S, N, N), V^{-1} (S, N, N) with A = V diag(a) V^{-1}."""
+        Lambda = -torch.exp(self.A_real.double()) - 1j * self.A_imag.double()  # (S, N/2)
+        lam = torch.cat([Lambda, Lambda.conj()], -1)
+        A = torch.diag_embed(lam)
+        if self.mode == "nplr":
+            P = _c(self.P).to(torch.complex128)
+            p, q = torch.cat([P, P.conj()], -1), torch.cat([P.conj(), P], -1)
+            A = A - p.unsqueeze(-1) * q.unsqueeze(-2)  # full-space low-rank term P Q^T
+        a, V = torch.linalg.eig(A)
+        return a, V, torch.linalg.inv(V)
+
+    def _per_channel(self, x: torch.Tensor) -> torch.Tensor:
+        """(S, ...) -> (H, ...) following the channel -> copy map h -> h % S."""
+        return x.repeat(self.H // self.S, *([1] * (x.dim() - 1)))
+
+    def _mu(self, a):
+        """Eigenvalues of Ā per channel: (H, N) complex128 from a (S, N)."""
+        r = 2.0 / torch.exp(self.log_dt.double()).unsqueeze(-1)  # 2/dt (H, 1)
+        a = self._per_channel(a)
+        return (r + a) / (r - a), r, a
+
+    @torch.no_grad()
+    def _setup_C(self, L: int) -> None:
+        """Turn the stored C into C̃ for length L (l_kernel = 0), or double C̃'s length (as the reference)."""
+        lk = int(self.l_kernel)
+        double = lk > 0
+        L = lk if double else L
+        a, V, Vi = self._eig()
+        mu, _, _ = self._mu(a)
+        V, Vi = self._per_channel(V), self._per_channel(Vi)
+        C = _c(self.C).to(torch.complex128)
+        c = torch.cat([C, C.conj()], -1)  # (H, N) row vectors
+        cAL = torch.einsum("hn,hnm,hm,hmk->hk", c, V, mu**L, Vi)  # c Ā^L
+        c_new = c + cAL if double else c - cAL  # C̃ = C (I - Ā^L); doubling: C̃_2L = C̃_L (I + Ā^L)
+        self.C.copy_(torch.view_as_real(c_new[:, : self.N2].to(torch.complex64)))
+        self.l_kernel.fill_(2 * lk if double else L)
+
+    @torch.no_grad()
+    def step_params(self, dtype=torch.complex64) -> dict:
+        """Discrete step-mode quantities, computed in float64 then cast. All (H, N/2) complex.
+
+        s' = Dinv (t - P 2Re<R, t>),  t = E s - P 2Re<conj P, s> + 2 B u,  y = 2Re<dC, s'>  (Woodbury step)."""
+        dt, Lambda, B, P, C = self._params(torch.complex128)
+        Dinv = 1.0 / (2.0 / dt - Lambda)  # (2/dt - Λ)^{-1}
+        E = 2.0 / dt + Lambda
+        out = {"Dinv": Dinv, "E": E, "B2": 2 * B}
+        if P is not None:
+            denom = 1 + 2 * (P.conj() * Dinv * P).sum(-1, keepdim=True).real  # 1 + Q* (2/dt - Λ)^{-1} P
+            out.update(P=P, R=P.conj() * Dinv / denom)
+        out["dC2"] = 2 * self._raw_C()
+        return {k: v.to(dtype) for k, v in out.items()}
+
+    @torch.no_grad()
+    def _raw_C(self) -> torch.Tensor:
+        """C from C̃: solve c (I - Ā^L) = c̃ in the eigenbasis (float64). (H, N/2) complex128."""
+        C = _c(self.C).to(torch.complex128)
+        L = int(self.l_kernel)
+        if L == 0:
+            return C
+        a, V, Vi = self._eig()
+        mu, _, _ = self._mu(a)
+        c = torch.cat([C, C.conj()], -1)
+        cV = torch.einsum("hn,hnm->hm", c, self._per_channel(V)) / (1 - mu**L)
+        return torch.einsum("hm,hmk->hk", cV, self._per_channel(Vi))[:, : self.N2]
+
+    @torch.no_grad()
+    def state_from_sequence(self, u: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """State after consuming u (B, L, H): x_L = sum_k Ā^k B̄ u_{L-1-k}. Returns (B, H, N/2) complex64.
+
+        Computed in the eigenbasis of A in float64 (a Vandermonde sum), so long prompts need no step loop."""
+        a, V, Vi = self._eig()
+        mu, r, a_h = self._mu(a)  # (H, N)
+        B = _c(self.B).to(torch.complex128)
+        B = self._per_channel(torch.cat([B, B.conj()], -1))
+        bbar = torch.einsum("hnm,hm->hn", self._per_channel(Vi), 2 * B) / (r - a_h)  # V^{-1} B̄
+        acc = torch.zeros(u.shape[0], self.H, mu.shape[-1], dtype=torch.complex128, device=u.device)
+        L = u.shape[1]
+        log_mu = torch.log(mu)
+        for s in range(0, L, chunk):
+            e = min(L, s + chunk)
+            k = torch.arange(L - 1 - s, L - 1 - e, -1, device=u.device, dtype=torch.float64)  # powers
+            powers = torch.exp(log_mu.unsqueeze(-1) * k)  # (H, N, chunk)
+            acc += torch.einsum("bth,hnt->bhn", u[:, s:e].double().to(torch.complex128), powers)
+        x = torch.einsum("hnm,bhm->bhn", self._per_channel(V), acc * bbar)
+        return x[..., : self.N2].to(torch.complex64)
+
+
+def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal convolution y_t = sum_{s<=t} k_s u_{t-s}. u (B, H, L) real, k (H, L) real -> (B, H, L)."""
+    L = u.shape[-1]
+    n = 2 * L
+    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+    return y[..., :L]
+
+
+class S4Block(nn.Module):
+    """The reference's S4Block: y = Linear(GELU(K * u + D u)) [+ GLU]. (B, L, H) -> (B, L, H).
+
+    final_act="glu": Linear H -> 2H then GLU; "id": Linear H -> H; None: no output projection."""
+
+    def __init__(self, d_model: int, d_state: int = 64, n_ssm: int | None = 1, final_act: str | None = "glu",
+                 dropout: float = 0.0, mode: str = "nplr", dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 cauchy_backend: str = "auto"):
+        super().__init__()
+        self.H = d_model
+        self.kernel = S4Kernel(d_model, d_state, n_ssm, dt_min, dt_max, mode, cauchy_backend)
+        self.D = nn.Parameter(torch.randn(d_model))
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if final_act == "glu":
+            self.output_linear = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GLU(dim=-1))
+        elif final_act == "id":
+            self.output_linear = nn.Linear(d_model, d_model)
+        elif final_act is None:
+            self.output_linear = nn.Identity()
+        else:
+            raise ValueError(f"final_act must be 'glu', 'id' or None, got {final_act!r}")
+        self._step_cache = None
+
+    def _post(self, y: torch.Tensor) -> torch.Tensor:
+        return self.output_linear(self.dropout(self.activation(y)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, H) -> (B, L, H)."""
+        L = x.shape[1]
+        k = self.kernel(L)  # (H, L)
+        u = x.transpose(1, 2)  # (B, H, L)
+        y = fft_conv(u, k) + u * self.D.unsqueeze(-1)
+        return self._post(y.transpose(1, 2))
+
+    # ---- recurrent mode -----------------------------------------------------------------------------
+    def init_state(self, batch_size: int) -> torch.Tensor:
+        """Zero state (B, H, N/2) complex64; also (re)computes the step matrices from the current weights."""
+        self._step_cache = self.kernel.step_params()
+        return torch.zeros(batch_size, self.H, self.kernel.N2, dtype=torch.complex64, device=self.D.device)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (B, H), state (B, H, N/2) complex -> y_t (B, H), new state. Exact bilinear recurrence."""
+        if self._step_cache is None:
+            self._step_cache = self.kernel.step_params()
+        p = self._step_cache
+        u = x_t.to(torch.complex64).unsqueeze(-1)  # (B, H, 1)
+        t = p["E"] * state + p["B2"] * u
+        if "P" in p:
+            t = t - p["P"] * (2 * (p["P"].conj() * state).sum(-1, keepdim=True).real)
+            t = t - p["P"] * (2 * (p["R"] * t).sum(-1, keepdim=True).real)
+        state = p["Dinv"] * t
+        y = (p["dC2"] * state).sum(-1).real + self.D * x_t
+        return self._post(y), state
+
+    def state_from_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """The recurrent state after consuming x (B, L, H) (what L calls to `step` would leave)."""
+        return self.kernel.state_from_sequence(x)
