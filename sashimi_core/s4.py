@@ -225,7 +225,7 @@ class S4Block(nn.Module):
         if final_act == "glu":
             self.output_linear = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GLU(dim=-1))
         elif final_act == "id":
-            self.output_linear = nn.Linear(d_model, d_model)
+            self.output_linear = nn.Sequential(nn.Linear(d_model, d_model), nn.Identity())
         elif final_act is None:
             self.output_linear = nn.Identity()
         else:

@@ -1,0 +1,338 @@
+"""SaShiMi (Goel, Gu, Donahue, Ré 2022): a multi-scale S4 backbone for raw audio, plus the token model.
+
+Numerically this is the reference's standalone ``Sashimi`` (state-spaces/s4, models/sashimi/sashimi.py), with
+module names kept so reference weights map one to one (``sashimi_core.reference``). Layout is (B, L, H)
+everywhere (the reference works transposed, (B, H, L)).
+
+Shapes: B batch, L length, H width, P pool factor, V = n_tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sashimi_core.quantize import ZERO_TOKEN
+from sashimi_core.s4 import S4Block
+
+
+@dataclass(frozen=True)
+class SaShiMiConfig:
+    d_model: int = 64  # H at full resolution (paper: 64)
+    n_layers: int = 8  # (S4, FF) residual pairs per stage (paper ablation: 2/4/6/8)
+    pool: tuple[int, ...] = (4, 4)  # pooling factor of each tier; () gives isotropic S4
+    expand: int = 2  # width multiplier at each DownPool (paper: 2)
+    ff: int = 2  # FF block expansion; 0 disables the FF blocks
+    final_act: str | None = "id"  # after the S4 conv: "glu" (Linear H->2H + GLU), "id" (Linear H->H), None
+    n_ssm: int | None = 1  # copies of (Λ, B, P) shared across channels; None = one per channel
+    unet: bool = False  # True adds n_layers pairs before each DownPool (paper default: False)
+    d_state: int = 64  # N, stored as N/2 complex modes
+    dropout: float = 0.0
+    mode: str = "nplr"  # "nplr" (S4) or "diag" (S4D, diagonal A)
+    dt_min: float = 1e-3  # log dt ~ U[log dt_min, log dt_max] per channel
+    dt_max: float = 1e-1
+    n_tokens: int = 256  # 8-bit audio
+    quantization: str = "mu-law"  # "mu-law" or "linear"
+    sample_rate: int = 16000
+    architecture: str = field(default="sashimi", repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "pool", tuple(int(p) for p in self.pool))
+        if self.d_model % 2 or self.d_model <= 0:
+            raise ValueError(f"d_model must be a positive even number, got {self.d_model}")
+        h = self.d_model
+        for p in self.pool:
+            if p < 1:
+                raise ValueError(f"pool factors must be >= 1, got {self.pool}")
+            h *= self.expand
+        if self.quantization not in ("mu-law", "linear"):
+            raise ValueError(f"quantization must be 'mu-law' or 'linear', got {self.quantization!r}")
+
+    @property
+    def hop(self) -> int:
+        """Product of pool factors: inputs must be a multiple of it (forward pads otherwise)."""
+        return math.prod(self.pool)
+
+
+PRESETS: dict[str, SaShiMiConfig] = {
+    # YouTubeMix ablation (paper Table 5): no GLU after S4, Λ/B/P shared by all channels of a layer.
+    "sashimi-2": SaShiMiConfig(n_layers=2),
+    "sashimi-4": SaShiMiConfig(n_layers=4),
+    "sashimi-6": SaShiMiConfig(n_layers=6),
+    "sashimi-8": SaShiMiConfig(n_layers=8),
+    # The reference's SC09 training config (experiment/audio/sashimi-sc09.yaml): GLU after S4, 4.76M params.
+    "sashimi-sc09": SaShiMiConfig(n_layers=8, final_act="glu"),
+    # Isotropic S4: no pooling. Width 358 is the d_model closest to both 2.83M and 5.53M (paper Table 5):
+    # 2,854,284 (+0.9%) and 5,524,300 (-0.1%); the paper does not state the width.
+    "s4-isotropic-4": SaShiMiConfig(d_model=358, n_layers=4, pool=()),
+    "s4-isotropic-8": SaShiMiConfig(d_model=358, n_layers=8, pool=()),
+    # Small model for tests and quick experiments (the shape of the reference fixture).
+    "sashimi-tiny": SaShiMiConfig(d_model=16, n_layers=2, final_act="glu"),
+}
+
+
+class DownPool(nn.Module):
+    """(B, L, H) -> (B, L/P, H*expand): stack P consecutive steps, then Linear(H*P -> H*expand)."""
+
+    def __init__(self, d_input: int, expand: int, pool: int):
+        super().__init__()
+        self.pool, self.d_output = pool, d_input * expand
+        self.linear = nn.Linear(d_input * pool, self.d_output)
+
+    def forward(self, x):
+        B, L, H = x.shape
+        x = x.reshape(B, L // self.pool, self.pool, H).transpose(2, 3)  # (B, L/P, H, P)
+        return self.linear(x.reshape(B, L // self.pool, H * self.pool))  # features ordered (h, s)
+
+    def init_state(self, batch_size):
+        w = self.linear.weight
+        return w.new_zeros(batch_size, self.pool, w.shape[1] // self.pool)  # (B, P, H) input buffer
+
+    def step(self, x_t, state, phase: int):
+        """x_t (B, H) at position `phase` (mod P) of the block -> (B, H*expand) on the last one, else None."""
+        state = state.clone()
+        state[:, phase] = x_t
+        if phase < self.pool - 1:
+            return None, state
+        return self.linear(state.transpose(1, 2).reshape(state.shape[0], -1)), state
+
+
+class UpPool(nn.Module):
+    """(B, L, H) -> (B, L*P, H/expand): Linear(H -> H/expand*P), shifted right one coarse step (causal)."""
+
+    def __init__(self, d_input: int, expand: int, pool: int):
+        super().__init__()
+        self.pool, self.d_output = pool, d_input // expand
+        self.linear = nn.Linear(d_input, self.d_output * pool)
+
+    def _unfold(self, y):
+        """(..., H_out*P) with features ordered (h, s) -> (..., P, H_out)."""
+        return y.unflatten(-1, (self.d_output, self.pool)).transpose(-1, -2)
+
+    def forward(self, x):
+        B, L, _ = x.shape
+        y = self._unfold(self.linear(x))  # (B, L, P, H_out)
+        y = F.pad(y[:, :-1], (0, 0, 0, 0, 1, 0))  # shift by one coarse step: output block j uses input j-1
+        return y.reshape(B, L * self.pool, self.d_output)
+
+    def init_state(self, batch_size):
+        w = self.linear.weight
+        return w.new_zeros(batch_size, self.pool, self.d_output)  # (B, P, H_out) pending outputs
+
+    def step(self, x_coarse, state, phase: int):
+        """Emit pending output `phase`; on the last phase refill from the new coarse input x_coarse (B, H)."""
+        y = state[:, phase]
+        if phase == self.pool - 1:
+            state = self._unfold(self.linear(x_coarse))
+        return y, state
+
+
+class FFBlock(nn.Module):
+    """Linear(H -> ff*H), GELU, dropout, Linear(ff*H -> H). Works on (..., H)."""
+
+    def __init__(self, d_model: int, expand: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.ff = nn.Sequential(nn.Sequential(nn.Linear(d_model, d_model * expand), nn.GELU()),
+                                nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+                                nn.Linear(d_model * expand, d_model))
+
+    def forward(self, x):
+        return self.ff(x)
+
+    def init_state(self, batch_size):
+        return None
+
+    def step(self, x_t, state):
+        return self.ff(x_t), state
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm residual: x + Dropout(layer(LayerNorm(x)))."""
+
+    def __init__(self, d_model: int, layer: nn.Module, dropout: float = 0.0):
+        super().__init__()
+        self.layer = layer
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        return x + self.dropout(self.layer(self.norm(x)))
+
+    def init_state(self, batch_size):
+        return self.layer.init_state(batch_size)
+
+    def step(self, x_t, state):
+        y, state = self.layer.step(self.norm(x_t), state)
+        return x_t + y, state
+
+    def state_from_sequence(self, x):
+        """Recurrent state after consuming x (B, L, H) (None for stateless layers)."""
+        if isinstance(self.layer, S4Block):
+            return self.layer.state_from_sequence(self.norm(x))
+        return None
+
+
+class Backbone(nn.Module):
+    """The SaShiMi backbone (the reference's ``Sashimi``): (B, L, H) -> (B, L, H).
+
+    Down path: DownPools (with n_layers (S4, FF) pairs before each if unet); centre: n_layers pairs at the
+    coarsest rate; up path: per tier UpPool, skip add, n_layers pairs, skip add; final LayerNorm.
+    """
+
+    def __init__(self, cfg: SaShiMiConfig):
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.d_model
+
+        def pairs(dim):
+            out = []
+            for _ in range(cfg.n_layers):
+                s4 = S4Block(dim, cfg.d_state, cfg.n_ssm, cfg.final_act, cfg.dropout, cfg.mode,
+                             cfg.dt_min, cfg.dt_max)
+                out.append(ResidualBlock(dim, s4, cfg.dropout))
+                if cfg.ff > 0:
+                    out.append(ResidualBlock(dim, FFBlock(dim, cfg.ff, cfg.dropout), cfg.dropout))
+            return out
+
+        d_layers = []
+        for p in cfg.pool:
+            if cfg.unet:
+                d_layers += pairs(H)
+            d_layers.append(DownPool(H, cfg.expand, p))
+            H *= cfg.expand
+        self.c_layers = nn.ModuleList(pairs(H))
+        u_layers = []
+        for p in cfg.pool[::-1]:
+            H //= cfg.expand
+            u_layers.append(nn.ModuleList([UpPool(H * cfg.expand, cfg.expand, p)] + pairs(H)))
+        self.d_layers, self.u_layers = nn.ModuleList(d_layers), nn.ModuleList(u_layers)
+        self.norm = nn.LayerNorm(H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, H) -> (B, L, H). L is padded to a multiple of the total pooling factor, then cropped."""
+        L = x.shape[1]
+        pad = -L % self.cfg.hop
+        if pad:
+            x = F.pad(x, (0, 0, 0, pad))  # causal model: right padding never affects positions < L
+        outputs = [x]
+        for layer in self.d_layers:
+            x = layer(x)
+            outputs.append(x)
+        for layer in self.c_layers:
+            x = layer(x)
+        x = x + outputs.pop()
+        for block in self.u_layers:
+            if self.cfg.unet:
+                for layer in block:
+                    x = layer(x) + outputs.pop()
+            else:
+                x = block[0](x) + outputs.pop()  # UpPool, then the skip from the down path
+                skip = x
+                for layer in block[1:]:
+                    x = layer(x)
+                x = x + skip
+        return self.norm(x)[:, :L]
+
+    # ---- recurrent mode ---------------------------------------------------------------------------
+    def init_state(self, batch_size: int) -> tuple:
+        """(t, d_states, c_states, u_states): t counts consumed steps; the rest mirror the module lists."""
+        d = tuple(layer.init_state(batch_size) for layer in self.d_layers)
+        c = tuple(layer.init_state(batch_size) for layer in self.c_layers)
+        u = tuple(tuple(layer.init_state(batch_size) for layer in block) for block in self.u_layers)
+        return (0, d, c, u)
+
+    def step(self, x_t: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """x_t (B, H) -> (y_t (B, H), state). Equals forward(x)[:, t] after t earlier steps (exact recurrence).
+
+        A tier with total pooling R only runs on steps where (t + 1) % R == 0 (its block just completed)."""
+        t, d_state, c_state, u_state = state
+        d_state, c_state, u_state = list(d_state), list(c_state), [list(s) for s in u_state]
+        rate = 1  # pooling between the input and the current tier
+        outputs, depth = [], 0
+        x = x_t
+        for i, layer in enumerate(self.d_layers):
+            outputs.append(x)
+            if isinstance(layer, DownPool):
+                x, d_state[i] = layer.step(x, d_state[i], (t // rate) % layer.pool)
+                rate *= layer.pool
+                if x is None:
+                    break
+                depth += 1
+            else:  # unet: pairs before each DownPool
+                x, d_state[i] = layer.step(x, d_state[i])
+        if x is not None:  # every tier completed a block: run the centre
+            skip = x
+            for i, layer in enumerate(self.c_layers):
+                x, c_state[i] = layer.step(x, c_state[i])
+            x = x + skip
+        n_up = len(self.u_layers)
+        for j, block in enumerate(self.u_layers):
+            level = n_up - 1 - j  # tier this block outputs to (0 = full rate)
+            if level > depth:  # this tier did not tick on this step
+                continue
+            up_rate = math.prod(self.cfg.pool[:level])
+            up = block[0]
+            y, u_state[j][0] = up.step(x, u_state[j][0], (t // up_rate) % up.pool)
+            x = y + outputs.pop()  # skip from the down path
+            if self.cfg.unet:
+                for k, layer in enumerate(block[1:], start=1):
+                    x, u_state[j][k] = layer.step(x, u_state[j][k])
+                    x = x + outputs.pop()
+            else:
+                skip = x
+                for k, layer in enumerate(block[1:], start=1):
+                    x, u_state[j][k] = layer.step(x, u_state[j][k])
+                x = x + skip
+        state = (t + 1, tuple(d_state), tuple(c_state), tuple(tuple(s) for s in u_state))
+        return self.norm(x), state
+
+
+class SaShiMi(nn.Module):
+    """Token model: tokens (B, L) int64 -> logits (B, L, V). The input is shifted right by one inside
+    (the first input is the quantiser's zero token, 128), so logits[:, t] predicts tokens[:, t]."""
+
+    def __init__(self, cfg: SaShiMiConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.n_tokens, cfg.d_model)
+        self.backbone = Backbone(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.n_tokens)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) int64 -> logits (B, L, V)."""
+        start = torch.full_like(tokens[:, :1], ZERO_TOKEN)
+        shifted = torch.cat([start, tokens[:, :-1]], dim=1)  # (B, L)
+        return self.head(self.backbone(self.embedding(shifted)))
+
+    def start(self, batch_size: int) -> tuple[torch.Tensor, tuple]:
+        """Consume the start token: returns (logits for token 0 (B, V), state)."""
+        state = self.backbone.init_state(batch_size)
+        start = torch.full((batch_size,), ZERO_TOKEN, dtype=torch.long, device=self.head.weight.device)
+        return self._step(start, state)
+
+    def init_state(self, batch_size: int) -> tuple:
+        """State ready to consume token 0 (the start token already consumed)."""
+        return self.start(batch_size)[1]
+
+    def step(self, tokens_t: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """tokens_t (B,) = token t -> (logits for token t+1 (B, V), state). Equals forward(tokens)[:, t+1]."""
+        return self._step(tokens_t, state)
+
+    def _step(self, tokens_t, state):
+        y, state = self.backbone.step(self.embedding(tokens_t), state)
+        return self.head(y), state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def with_overrides(cfg: SaShiMiConfig, **overrides) -> SaShiMiConfig:
+    """A copy of cfg with some fields changed (validated)."""
+    return replace(cfg, **overrides)
