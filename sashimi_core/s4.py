@@ -264,5 +264,7 @@ class S4Block(nn.Module):
         return self._post(y), state
 
     def state_from_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """The recurrent state after consuming x (B, L, H) (what L calls to `step` would leave)."""
+        """The recurrent state after consuming x (B, L, H) (what L calls to `step` would leave).
+        Like init_state, it refreshes the step matrices from the current weights."""
+        self._step_cache = self.kernel.step_params()
         return self.kernel.state_from_sequence(x)

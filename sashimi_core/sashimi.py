@@ -91,6 +91,13 @@ class DownPool(nn.Module):
         w = self.linear.weight
         return w.new_zeros(batch_size, self.pool, w.shape[1] // self.pool)  # (B, P, H) input buffer
 
+    def state_after(self, x, n: int):
+        """Step-mode state after consuming x[:, :n] (x (B, L, H)): the inputs of the unfinished block."""
+        state = self.init_state(x.shape[0])
+        start = n - n % self.pool
+        state[:, : n - start] = x[:, start:n]
+        return state
+
     def step(self, x_t, state, phase: int):
         """x_t (B, H) at position `phase` (mod P) of the block -> (B, H*expand) on the last one, else None."""
         state = state.clone()
@@ -122,6 +129,12 @@ class UpPool(nn.Module):
         w = self.linear.weight
         return w.new_zeros(batch_size, self.pool, self.d_output)  # (B, P, H_out) pending outputs
 
+    def state_after(self, x, n: int):
+        """Step-mode state after consuming x[:, :n] (x (B, L, H) coarse): the outputs pending from step n-1."""
+        if n == 0:
+            return self.init_state(x.shape[0])
+        return self._unfold(self.linear(x[:, n - 1]))
+
     def step(self, x_coarse, state, phase: int):
         """Emit pending output `phase`; on the last phase refill from the new coarse input x_coarse (B, H)."""
         y = state[:, phase]
@@ -143,6 +156,9 @@ class FFBlock(nn.Module):
         return self.ff(x)
 
     def init_state(self, batch_size):
+        return None
+
+    def state_after(self, x, n):
         return None
 
     def step(self, x_t, state):
@@ -168,10 +184,10 @@ class ResidualBlock(nn.Module):
         y, state = self.layer.step(self.norm(x_t), state)
         return x_t + y, state
 
-    def state_from_sequence(self, x):
-        """Recurrent state after consuming x (B, L, H) (None for stateless layers)."""
+    def state_after(self, x, n: int):
+        """Step-mode state after consuming x[:, :n] (x (B, L, H)); None for stateless layers."""
         if isinstance(self.layer, S4Block):
-            return self.layer.state_from_sequence(self.norm(x))
+            return self.layer.state_from_sequence(self.norm(x[:, :n]))
         return None
 
 
@@ -211,30 +227,47 @@ class Backbone(nn.Module):
         self.d_layers, self.u_layers = nn.ModuleList(d_layers), nn.ModuleList(u_layers)
         self.norm = nn.LayerNorm(H)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, L, H) -> (B, L, H). L is padded to a multiple of the total pooling factor, then cropped."""
+    def forward(self, x: torch.Tensor, return_state: bool = False):
+        """x (B, L, H) -> (B, L, H). L is padded to a multiple of the total pooling factor, then cropped.
+
+        return_state=True also returns the step-mode state after consuming all L inputs (exactly what L
+        calls to `step` from `init_state` leave), so a long prompt can be read in convolution mode."""
         L = x.shape[1]
         pad = -L % self.cfg.hop
         if pad:
             x = F.pad(x, (0, 0, 0, pad))  # causal model: right padding never affects positions < L
+        d, c, u = [], [], []
+        rate = 1  # pooling between the input and the current tier
+
+        def run(layer, x, states):
+            if return_state:  # steps consumed at this tier: L // rate
+                states.append(layer.state_after(x, L // rate))
+            return layer(x)
+
         outputs = [x]
         for layer in self.d_layers:
-            x = layer(x)
+            x = run(layer, x, d)
+            rate *= layer.pool if isinstance(layer, DownPool) else 1
             outputs.append(x)
         for layer in self.c_layers:
-            x = layer(x)
+            x = run(layer, x, c)
         x = x + outputs.pop()
         for block in self.u_layers:
-            if self.cfg.unet:
-                for layer in block:
-                    x = layer(x) + outputs.pop()
-            else:
-                x = block[0](x) + outputs.pop()  # UpPool, then the skip from the down path
-                skip = x
-                for layer in block[1:]:
-                    x = layer(x)
+            u.append([])
+            x_up = run(block[0], x, u[-1])
+            rate //= block[0].pool
+            x = x_up + outputs.pop()  # UpPool, then the skip from the down path
+            skip = x
+            for layer in block[1:]:
+                x = run(layer, x, u[-1])
+                if self.cfg.unet:
+                    x = x + outputs.pop()
+            if not self.cfg.unet:
                 x = x + skip
-        return self.norm(x)[:, :L]
+        y = self.norm(x)[:, :L]
+        if not return_state:
+            return y
+        return y, (L, tuple(d), tuple(c), tuple(tuple(b) for b in u))
 
     # ---- recurrent mode ---------------------------------------------------------------------------
     def init_state(self, batch_size: int) -> tuple:
@@ -316,6 +349,13 @@ class SaShiMi(nn.Module):
         state = self.backbone.init_state(batch_size)
         start = torch.full((batch_size,), ZERO_TOKEN, dtype=torch.long, device=self.head.weight.device)
         return self._step(start, state)
+
+    def prefill(self, prompt: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """Read a prompt (B, T) in convolution mode: (logits for token T (B, V), state), the same as
+        `start` followed by T calls to `step`, in one parallel pass."""
+        start = torch.full_like(prompt[:, :1], ZERO_TOKEN)
+        y, state = self.backbone(self.embedding(torch.cat([start, prompt], 1)), return_state=True)
+        return self.head(y[:, -1]), state
 
     def init_state(self, batch_size: int) -> tuple:
         """State ready to consume token 0 (the start token already consumed)."""

@@ -1,0 +1,141 @@
+"""Autoregressive generation over any model with ``start``/``prefill``/``step`` (SaShiMi and the baselines).
+
+    tokens = generate(model, n_steps, prompt=None, n_samples=1, temperature=1.0, top_p=1.0, seed=None,
+                      progress=None, stop=None)        # (n_samples, T + n_steps) int64, T = prompt length
+
+Decoding tokens to audio uses the model's own quantisation (``decode(tokens, model.cfg.quantization)``); the
+reference decodes linear models with mu-law by mistake, we do not.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+PROGRESS_EVERY = 256  # steps between progress callbacks / stop checks
+
+
+@dataclass
+class GenerationStats:
+    """Per-sample statistics of one `generate` call."""
+
+    seed: int
+    nll_bits: list[float] = field(default_factory=list)  # mean -log2 p(token) of the generated tokens
+    entropy_bits: list[float] = field(default_factory=list)  # mean entropy of the sampling distribution
+    stopped: bool = False  # the stop callback ended generation early
+    steps: int = 0  # tokens generated per sample
+    order: list[int] = field(default_factory=list)  # sample order when ranked by likelihood
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of tokens whose probability reaches top_p (at least one).
+    logits (B, V) -> (B, V) with the rest set to -inf."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    remove = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+    remove[..., 0] = False
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
+    """logits (B, V) -> (tokens (B,), log-probs of the sampling distribution (B, V))."""
+    if temperature == 0:
+        logp = torch.log_softmax(logits.float(), -1)
+        return logits.argmax(-1), logp
+    logp = torch.log_softmax(top_p_filter(logits.float() / temperature, top_p), -1)
+    return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1), logp
+
+
+def check_generation_args(n_steps, n_samples, temperature, top_p) -> None:
+    if not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
+    if not isinstance(n_samples, int) or not 1 <= n_samples <= 1024:
+        raise ValueError(f"n_samples must be an integer in [1, 1024], got {n_samples!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and 0 <= temperature <= 10):
+        raise ValueError(f"temperature must be in [0, 10] (0 = greedy), got {temperature!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+@torch.inference_mode()
+def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_samples: int = 1,
+             temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+             progress: Callable[[int, int], None] | None = None, stop: Callable[[], bool] | None = None,
+             prompt_mode: str = "conv", rank: bool = False, return_stats: bool = False):
+    """Sample n_steps tokens after an optional prompt.
+
+    prompt: tokens (T,) shared by all samples, or (n_samples, T). prompt_mode "conv" reads it in one parallel
+    pass (``model.prefill``), "step" one token at a time; both give the same state. temperature 0 is greedy.
+    seed: same seed -> same tokens (a random one is drawn and reported when None). progress(done, total) and
+    stop() are called every PROGRESS_EVERY steps; on stop the tokens so far are returned.
+    rank=True orders samples by their model likelihood (lowest NLL first), a guard against runaway noise.
+    Returns tokens (n_samples, T + steps) int64, and GenerationStats when return_stats.
+    """
+    check_generation_args(n_steps, n_samples, temperature, top_p)
+    if prompt_mode not in ("conv", "step"):
+        raise ValueError(f"prompt_mode must be 'conv' or 'step', got {prompt_mode!r}")
+    device = next(model.parameters()).device
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    stats = GenerationStats(seed=int(seed))
+    was_training = model.training
+    model.eval()
+    try:
+        if prompt is not None and prompt.numel() > 0:
+            prompt = torch.as_tensor(prompt, dtype=torch.long, device=device)
+            if prompt.dim() == 1:
+                prompt = prompt.unsqueeze(0).expand(n_samples, -1)
+            if prompt.dim() != 2 or prompt.shape[0] != n_samples:
+                raise ValueError(f"prompt must be (T,) or (n_samples={n_samples}, T), got {tuple(prompt.shape)}")
+            if prompt.min() < 0 or prompt.max() >= model.cfg.n_tokens:
+                raise ValueError(f"prompt tokens must lie in [0, {model.cfg.n_tokens - 1}]")
+            if prompt_mode == "conv":
+                logits, state = model.prefill(prompt)
+            else:
+                logits, state = model.start(n_samples)
+                for t in range(prompt.shape[1]):
+                    logits, state = model.step(prompt[:, t], state)
+        else:
+            prompt = torch.zeros(n_samples, 0, dtype=torch.long, device=device)
+            logits, state = model.start(n_samples)
+        out = torch.empty(n_samples, n_steps, dtype=torch.long, device=device)
+        nll = torch.zeros(n_samples, dtype=torch.float64, device=device)
+        ent = torch.zeros_like(nll)
+        done = 0
+        for t in range(n_steps):
+            token, logp = sample_token(logits, temperature, top_p, gen)
+            out[:, t] = token
+            model_logp = torch.log_softmax(logits.float(), -1)
+            nll -= model_logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).double()
+            ent -= (logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1).double()
+            done = t + 1
+            if done < n_steps:
+                logits, state = model.step(token, state)
+            if done % PROGRESS_EVERY == 0 or done == n_steps:
+                if progress is not None:
+                    progress(done, n_steps)
+                if stop is not None and done < n_steps and stop():
+                    stats.stopped = True
+                    break
+        tokens = torch.cat([prompt, out[:, :done]], 1)
+        scale = 1.0 / (max(done, 1) * math.log(2))
+        stats.nll_bits = (nll * scale).tolist()
+        stats.entropy_bits = (ent * scale).tolist()
+        stats.steps = done
+        stats.order = list(range(n_samples))
+        if rank:
+            order = torch.argsort(nll).tolist()
+            tokens = tokens[order]
+            stats.order = order
+            stats.nll_bits = [stats.nll_bits[i] for i in order]
+            stats.entropy_bits = [stats.entropy_bits[i] for i in order]
+    finally:
+        model.train(was_training)
+    return (tokens, stats) if return_stats else tokens

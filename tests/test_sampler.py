@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from sashimi_core import PRESETS, SaShiMi, generate
+from sashimi_core.sampler import top_p_filter
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SaShiMi(PRESETS["sashimi-tiny"]).eval()
+
+
+def test_same_seed_same_tokens(model):
+    a = generate(model, 300, n_samples=2, seed=7)
+    b = generate(model, 300, n_samples=2, seed=7)
+    c = generate(model, 300, n_samples=2, seed=8)
+    assert a.shape == (2, 300) and a.dtype == torch.long
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_tiny_top_p_is_greedy(model):
+    greedy = generate(model, 100, temperature=0, seed=1)
+    nucleus = generate(model, 100, top_p=1e-9, seed=2)
+    assert torch.equal(greedy, nucleus)
+
+
+def test_top_p_filter_keeps_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(top_p_filter(logits, 0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+    assert torch.isfinite(top_p_filter(logits, 1.0)).all()
+
+
+@pytest.mark.parametrize("mode", ["conv", "step"])
+def test_prompt_is_kept_and_modes_agree(model, mode):
+    prompt = torch.randint(0, 256, (70,))
+    out = generate(model, 40, prompt=prompt, n_samples=2, seed=3, prompt_mode=mode)
+    ref = generate(model, 40, prompt=prompt, n_samples=2, seed=3, prompt_mode="step")
+    assert out.shape == (2, 110) and torch.equal(out[:, :70], prompt.expand(2, -1))
+    assert torch.equal(out, ref)
+
+
+def test_progress_stop_and_stats(model):
+    calls = []
+    tokens, stats = generate(model, 1000, seed=0, progress=lambda d, t: calls.append((d, t)),
+                             stop=lambda: len(calls) >= 2, return_stats=True)
+    assert stats.stopped and tokens.shape[1] == 512 and calls == [(256, 1000), (512, 1000)]
+    assert stats.seed == 0 and 0 < stats.nll_bits[0] < 9 and 0 < stats.entropy_bits[0] <= 8
+
+
+def test_rank_orders_by_likelihood(model):
+    tokens, stats = generate(model, 200, n_samples=4, seed=5, rank=True, return_stats=True)
+    assert stats.nll_bits == sorted(stats.nll_bits) and sorted(stats.order) == [0, 1, 2, 3]
+    plain = generate(model, 200, n_samples=4, seed=5)
+    assert torch.equal(tokens, plain[stats.order])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"n_samples": 0}, "n_samples"),
+    ({"prompt": torch.tensor([300])}, "prompt tokens"), ({"prompt_mode": "x"}, "prompt_mode")])
+def test_bad_arguments(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate(model, 10, **kwargs)
