@@ -22,7 +22,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sashimi_core.cauchy import cauchy
 from sashimi_core.hippo import nplr_legs

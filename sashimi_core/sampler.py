@@ -13,7 +13,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from sashimi_core import fast_step
 
 PROGRESS_EVERY = 256  # steps between progress callbacks / stop checks
 
@@ -67,7 +70,8 @@ def check_generation_args(n_steps, n_samples, temperature, top_p) -> None:
 def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_samples: int = 1,
              temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
              progress: Callable[[int, int], None] | None = None, stop: Callable[[], bool] | None = None,
-             prompt_mode: str = "conv", rank: bool = False, return_stats: bool = False):
+             prompt_mode: str = "conv", rank: bool = False, return_stats: bool = False,
+             engine: str = "auto", threads: int | None = None):
     """Sample n_steps tokens after an optional prompt.
 
     prompt: tokens (T,) shared by all samples, or (n_samples, T). prompt_mode "conv" reads it in one parallel
@@ -75,12 +79,21 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
     seed: same seed -> same tokens (a random one is drawn and reported when None). progress(done, total) and
     stop() are called every PROGRESS_EVERY steps; on stop the tokens so far are returned.
     rank=True orders samples by their model likelihood (lowest NLL first), a guard against runaway noise.
+    engine: "fast" (numba-compiled CPU step, `fast_step.py`), "torch" (the module step loop) or "auto" (fast
+    when the model supports it and runs on CPU). The engines agree on logits to float32 rounding but draw
+    random numbers differently, so a seed reproduces a result within one engine. threads: CPU threads for
+    the fast engine's batch rows (default: torch.get_num_threads()).
     Returns tokens (n_samples, T + steps) int64, and GenerationStats when return_stats.
     """
     check_generation_args(n_steps, n_samples, temperature, top_p)
     if prompt_mode not in ("conv", "step"):
         raise ValueError(f"prompt_mode must be 'conv' or 'step', got {prompt_mode!r}")
+    if engine not in ("auto", "fast", "torch"):
+        raise ValueError(f"engine must be 'auto', 'fast' or 'torch', got {engine!r}")
     device = next(model.parameters()).device
+    use_fast = engine == "fast" or (engine == "auto" and device.type == "cpu" and fast_step.supports(model))
+    if use_fast and not fast_step.supports(model):
+        raise ValueError(f"engine='fast' does not support this model ({type(model).__name__}); use 'torch'")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -105,26 +118,13 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
         else:
             prompt = torch.zeros(n_samples, 0, dtype=torch.long, device=device)
             logits, state = model.start(n_samples)
-        out = torch.empty(n_samples, n_steps, dtype=torch.long, device=device)
-        nll = torch.zeros(n_samples, dtype=torch.float64, device=device)
-        ent = torch.zeros_like(nll)
-        done = 0
-        for t in range(n_steps):
-            token, logp = sample_token(logits, temperature, top_p, gen)
-            out[:, t] = token
-            model_logp = torch.log_softmax(logits.float(), -1)
-            nll -= model_logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).double()
-            ent -= (logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1).double()
-            done = t + 1
-            if done < n_steps:
-                logits, state = model.step(token, state)
-            if done % PROGRESS_EVERY == 0 or done == n_steps:
-                if progress is not None:
-                    progress(done, n_steps)
-                if stop is not None and done < n_steps and stop():
-                    stats.stopped = True
-                    break
-        tokens = torch.cat([prompt, out[:, :done]], 1)
+        if use_fast:
+            out, nll, ent, done = _fast_loop(model, logits, state, n_steps, n_samples, temperature, top_p,
+                                             seed, progress, stop, threads, stats)
+        else:
+            out, nll, ent, done = _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p,
+                                              gen, progress, stop, stats)
+        tokens = torch.cat([prompt, out[:, :done].to(device)], 1)
         scale = 1.0 / (max(done, 1) * math.log(2))
         stats.nll_bits = (nll * scale).tolist()
         stats.entropy_bits = (ent * scale).tolist()
@@ -139,3 +139,54 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
     finally:
         model.train(was_training)
     return (tokens, stats) if return_stats else tokens
+
+
+def _report(done, n_steps, progress, stop, stats) -> bool:
+    """Call progress; return True when generation should stop."""
+    if progress is not None:
+        progress(done, n_steps)
+    if stop is not None and done < n_steps and stop():
+        stats.stopped = True
+        return True
+    return False
+
+
+def _fast_loop(model, logits, state, n_steps, n_samples, temperature, top_p, seed, progress, stop, threads,
+               stats):
+    """Sampling loop in the numba engine, PROGRESS_EVERY steps per call."""
+    eng = fast_step.engine_for(model)
+    st = eng.state_from_torch(state)
+    logits = logits.detach().float().cpu().numpy().copy()
+    out = np.zeros((n_samples, n_steps), np.int64)
+    nll, ent = np.zeros(n_samples), np.zeros(n_samples)
+    rng = fast_step.seed_rng(seed, n_samples)
+    threads = threads or torch.get_num_threads()
+    done = 0
+    while done < n_steps:
+        n = min(PROGRESS_EVERY, n_steps - done)
+        eng.sample(logits, st, n, out, done, rng, temperature, top_p, nll, ent, threads=threads)
+        done += n
+        if _report(done, n_steps, progress, stop, stats):
+            break
+    return torch.from_numpy(out), torch.from_numpy(nll), torch.from_numpy(ent), done
+
+
+def _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats):
+    """Sampling loop over `model.step` (any model, any device)."""
+    device = logits.device
+    out = torch.empty(n_samples, n_steps, dtype=torch.long, device=device)
+    nll = torch.zeros(n_samples, dtype=torch.float64, device=device)
+    ent = torch.zeros_like(nll)
+    done = 0
+    for t in range(n_steps):
+        token, logp = sample_token(logits, temperature, top_p, gen)
+        out[:, t] = token
+        model_logp = torch.log_softmax(logits.float(), -1)
+        nll -= model_logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).double()
+        ent -= (logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1).double()
+        done = t + 1
+        if done < n_steps:
+            logits, state = model.step(token, state)
+        if (done % PROGRESS_EVERY == 0 or done == n_steps) and _report(done, n_steps, progress, stop, stats):
+            break
+    return out, nll, ent, done

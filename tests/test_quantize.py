@@ -3,7 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from sashimi_core.quantize import ZERO_TOKEN, decode, encode, linear_decode, linear_encode, mu_law_decode, mu_law_encode
+from sashimi_core.quantize import (
+    ZERO_TOKEN,
+    decode,
+    encode,
+    linear_decode,
+    linear_encode,
+    mu_law_decode,
+    mu_law_encode,
+)
 
 
 def test_mu_law_matches_librosa():

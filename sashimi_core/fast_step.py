@@ -1,0 +1,497 @@
+"""Fast exact step mode for SaShiMi on CPU: the whole stack compiled with numba, sampling included.
+
+The torch step path (`SaShiMi.step`) launches hundreds of small tensor ops per audio sample, so Python and
+dispatch overhead dominate (~100 samples/s). Here the weights are packed once into flat arrays (float32
+weights, complex64 discrete SSM matrices computed in float64 by `S4Kernel.step_params`) and one numba
+function runs a chunk of steps: embedding, pooling tiers (a tier only runs when its block completes),
+S4 recurrences (the same Woodbury bilinear step as s4.py), FF blocks, head, then temperature/top-p sampling
+with a per-row counter-based RNG. Logits equal the torch step path to float32 rounding (tested to 1e-4).
+
+numba ships LLVM in its wheel (it is already a librosa dependency), so no system compiler is needed.
+Supported: SaShiMi with unet=False (pooled or isotropic), nplr or diag S4. Other models use the torch step.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+try:
+    import numba
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - numba comes with librosa
+    HAVE_NUMBA = False
+
+    def njit(*args, **kwargs):
+        return (lambda f: f) if not (args and callable(args[0])) else args[0]
+
+# Block table columns (one row per residual block, in execution order)
+KIND, H_, ACT, NORM, W1, B1, W2, B2, DSKIP, CPLX, STATE, N2F = range(12)
+S4_BLOCK, FF_BLOCK = 0, 1
+ACT_NONE, ACT_ID, ACT_GLU = 0, 1, 2
+# Tier table columns (tier i = after i DownPools)
+T_H, T_POOL, T_DW, T_DB, T_UW, T_UB, T_UPS, T_UPE, T_DBUF, T_UBUF, T_DOUT = range(11)
+
+
+def supports(model) -> bool:
+    """True if the fast engine can run this model."""
+    cfg = getattr(model, "cfg", None)
+    return HAVE_NUMBA and cfg is not None and getattr(cfg, "architecture", "") == "sashimi" and not cfg.unet
+
+
+class _Packer:
+    """Collects float32 and complex64 arrays into two flat buffers, returning offsets."""
+
+    def __init__(self):
+        self.f, self.c, self.nf, self.nc = [], [], 0, 0
+
+    def addf(self, a) -> int:
+        a = np.ascontiguousarray(a, dtype=np.float32).ravel()
+        self.f.append(a)
+        self.nf += a.size
+        return self.nf - a.size
+
+    def addc(self, a) -> int:
+        a = np.ascontiguousarray(a, dtype=np.complex64).ravel()
+        self.c.append(a)
+        self.nc += a.size
+        return self.nc - a.size
+
+    def arrays(self):
+        f = np.concatenate(self.f) if self.f else np.zeros(0, np.float32)
+        c = np.concatenate(self.c) if self.c else np.zeros(0, np.complex64)
+        return f, c
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+class FastSaShiMi:
+    """Packed, numba-compiled step engine for one SaShiMi model (weights snapshot at construction)."""
+
+    def __init__(self, model):
+        if not supports(model):
+            raise ValueError("the fast engine supports SaShiMi models with unet=False (and needs numba)")
+        from sashimi_core.s4 import S4Block
+        from sashimi_core.sashimi import FFBlock
+
+        self.model = model
+        cfg = model.cfg
+        bb = model.backbone
+        pk = _Packer()
+        blocks, self._s4_layers = [], []
+        n_state = 0
+
+        def add_block(res):
+            nonlocal n_state
+            layer = res.layer
+            H = res.norm.weight.numel()
+            norm = pk.addf(np.stack([_np(res.norm.weight), _np(res.norm.bias)]))
+            if isinstance(layer, S4Block):
+                p = layer.kernel.step_params()
+                N2 = layer.kernel.N2
+                zeros = torch.zeros_like(p["E"])
+                planes = torch.stack([p["Dinv"], p["E"], p["B2"], p.get("P", zeros), p.get("R", zeros), p["dC2"]])
+                # 12 float32 planes (re, im of each), each (H, N/2): real arithmetic vectorises, complex does not
+                cplx = pk.addf(torch.stack([planes.real, planes.imag], 1).numpy())
+                lin = [m for m in layer.output_linear.modules() if isinstance(m, torch.nn.Linear)]
+                act = ACT_NONE if not lin else (ACT_GLU if lin[0].out_features == 2 * H else ACT_ID)
+                w = pk.addf(_np(lin[0].weight).T) if lin else -1
+                b = pk.addf(_np(lin[0].bias)) if lin else -1
+                row = [S4_BLOCK, H, act, norm, w, b, -1, -1, pk.addf(_np(layer.D)), cplx, n_state, N2]
+                self._s4_layers.append((layer, n_state, H, N2))
+                n_state += 2 * H * N2  # re plane then im plane
+            elif isinstance(layer, FFBlock):
+                lin1, lin2 = layer.ff[0][0], layer.ff[2]
+                row = [FF_BLOCK, H, 0, norm, pk.addf(_np(lin1.weight).T), pk.addf(_np(lin1.bias)),
+                       pk.addf(_np(lin2.weight).T), pk.addf(_np(lin2.bias)), -1, -1, -1, lin1.out_features]
+            else:
+                raise ValueError(f"unsupported block {type(layer).__name__}")
+            blocks.append(row)
+
+        center_start = 0
+        for res in bb.c_layers:
+            add_block(res)
+        center_end = len(blocks)
+        T = len(cfg.pool)
+        tiers = np.full((max(T, 1), 11), -1, dtype=np.int64)
+        n_dbuf = n_ubuf = 0
+        for i in range(T):
+            down = bb.d_layers[i]
+            up = bb.u_layers[T - 1 - i]  # up block that outputs to tier i
+            H = down.linear.in_features // down.pool
+            start = len(blocks)
+            for res in up[1:]:
+                add_block(res)
+            tiers[i] = [H, down.pool, pk.addf(_np(down.linear.weight).T), pk.addf(_np(down.linear.bias)),
+                        pk.addf(_np(up[0].linear.weight).T), pk.addf(_np(up[0].linear.bias)), start, len(blocks),
+                        n_dbuf, n_ubuf, down.d_output]
+            n_dbuf += down.pool * H
+            n_ubuf += down.pool * H
+        self.n_tiers = T
+        self.tiers, self.blocks = tiers, np.array(blocks, dtype=np.int64).reshape(-1, 12)
+        self.center = np.array([center_start, center_end], dtype=np.int64)
+        self.n_state, self.n_dbuf, self.n_ubuf = n_state, max(n_dbuf, 1), max(n_ubuf, 1)
+        self.embed = pk.addf(_np(model.embedding.weight))
+        self.final_norm = pk.addf(np.stack([_np(bb.norm.weight), _np(bb.norm.bias)]))
+        self.head_w, self.head_b = pk.addf(_np(model.head.weight).T), pk.addf(_np(model.head.bias))
+        self.wf, _ = pk.arrays()
+        self.d_model, self.n_tokens = cfg.d_model, cfg.n_tokens
+        self.meta = np.array([T, self.d_model, self.n_tokens, self.embed, self.final_norm, self.head_w,
+                              self.head_b], dtype=np.int64)
+
+    # ---- state --------------------------------------------------------------------------------------
+    def new_state(self, batch_size: int) -> dict:
+        """Zero state (nothing consumed): S4 states, DownPool input buffers, UpPool pending outputs, t."""
+        return {"ssm": np.zeros((batch_size, max(self.n_state, 1)), np.float32),
+                "down": np.zeros((batch_size, self.n_dbuf), np.float32),
+                "up": np.zeros((batch_size, self.n_ubuf), np.float32), "t": np.zeros(1, np.int64)}
+
+    def state_from_torch(self, state: tuple) -> dict:
+        """Convert a `Backbone` state tuple (t, d, c, u) to the engine's arrays."""
+        t, d, c, u = state
+        B = next(s for s in _flatten(state[1:]) if s is not None).shape[0]
+        out = self.new_state(B)
+        out["t"][0] = t
+        res_states = list(c)
+        T = self.n_tiers
+        for i in range(T):
+            res_states += list(u[T - 1 - i][1:])
+            H, p = self.tiers[i, T_H], self.tiers[i, T_POOL]
+            dbuf = _np(d[i].transpose(1, 2)).reshape(B, -1)  # (B, P, H) -> features (h, s)
+            out["down"][:, self.tiers[i, T_DBUF]: self.tiers[i, T_DBUF] + p * H] = dbuf
+            out["up"][:, self.tiers[i, T_UBUF]: self.tiers[i, T_UBUF] + p * H] = _np(u[T - 1 - i][0]).reshape(B, -1)
+        s4_states = [s for s in res_states if s is not None]
+        for (_, off, H, N2), s in zip(self._s4_layers, s4_states, strict=True):
+            s = _np(s).reshape(B, -1)
+            out["ssm"][:, off: off + H * N2] = s.real
+            out["ssm"][:, off + H * N2: off + 2 * H * N2] = s.imag
+        return out
+
+    # ---- running ------------------------------------------------------------------------------------
+    def step_logits(self, tokens: np.ndarray, state: dict) -> np.ndarray:
+        """Consume tokens (B,) int64 -> logits (B, V) float32 for the next token; state updated in place."""
+        logits = np.empty((len(tokens), self.n_tokens), np.float32)
+        _step(np.ascontiguousarray(tokens, dtype=np.int64), state["t"], state["ssm"], state["down"],
+              state["up"], self.wf, self.blocks, self.tiers, self.center, self.meta, logits)
+        return logits
+
+    def sample(self, logits: np.ndarray, state: dict, n_steps: int, tokens_out: np.ndarray, offset: int,
+               rng: np.ndarray, temperature: float, top_p: float, nll: np.ndarray, ent: np.ndarray,
+               threads: int = 1) -> None:
+        """Sample n_steps tokens into tokens_out[:, offset:], stepping the model after each (in place).
+
+        Rows are independent, so with threads > 1 the batch is split into that many groups that run in
+        parallel (numba prange); results do not depend on the thread count."""
+        B = logits.shape[0]
+        groups = max(1, min(int(threads), B))
+        bounds = np.linspace(0, B, groups + 1).round().astype(np.int64)
+        numba.set_num_threads(max(1, min(groups, numba.config.NUMBA_NUM_THREADS)))
+        _sample_groups(bounds, logits, state["t"], state["ssm"], state["down"], state["up"], self.wf,
+                       self.blocks, self.tiers, self.center, self.meta, n_steps, tokens_out, offset, rng,
+                       float(temperature), float(top_p), nll, ent)
+
+
+def engine_for(model) -> FastSaShiMi:
+    """The model's engine, rebuilt when any parameter or buffer changed since it was packed.
+
+    torch bumps a tensor's `_version` on every in-place update (optimizer steps, load_state_dict)."""
+    key = tuple(t._version for t in model.state_dict(keep_vars=True).values()) + (id(model),)
+    cached = model.__dict__.get("_fast_engine")
+    if cached is None or cached[0] != key:
+        cached = (key, FastSaShiMi(model))
+        model.__dict__["_fast_engine"] = cached
+    return cached[1]
+
+
+def seed_rng(seed: int, n: int) -> np.ndarray:
+    """Independent splitmix64 streams for n rows from one seed: (n,) uint64."""
+    mask = (1 << 64) - 1
+    base = (int(seed) * 0x9E3779B97F4A7C15) & mask
+    return np.array([(base + (i + 1) * 0xD1B54A32D192ED03) & mask for i in range(n)], dtype=np.uint64)
+
+
+def _flatten(x):
+    if isinstance(x, (tuple, list)):
+        for y in x:
+            yield from _flatten(y)
+    else:
+        yield x
+
+
+# ---- numba kernels ----------------------------------------------------------------------------------
+
+# Kernels index views with loop variables only: numba then knows indices are non-negative, skips its
+# negative-index wraparound, and LLVM vectorises the inner loops.
+
+@njit(cache=True, fastmath=True)
+def _layer_norm(x, wf, off, H):
+    B = x.shape[0]
+    w, bias = wf[off: off + H], wf[off + H: off + 2 * H]
+    out = np.empty_like(x)
+    for b in range(B):
+        xb = x[b]
+        mean = 0.0
+        for h in range(H):
+            mean += xb[h]
+        mean /= H
+        var = 0.0
+        for h in range(H):
+            d = xb[h] - mean
+            var += d * d
+        inv = 1.0 / math.sqrt(var / H + 1e-5)
+        ob = out[b]
+        for h in range(H):
+            ob[h] = (xb[h] - mean) * inv * w[h] + bias[h]
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def _linear(x, wf, w_off, b_off, n_in, n_out):
+    """x (B, n_in) @ W^T (stored transposed, (n_in, n_out)) + b. Explicit loops: no BLAS threads."""
+    B = x.shape[0]
+    w = wf[w_off: w_off + n_in * n_out].reshape(n_in, n_out)
+    bias = wf[b_off: b_off + n_out]
+    y = np.empty((B, n_out), np.float32)
+    for b in range(B):
+        yb = y[b]
+        for j in range(n_out):
+            yb[j] = bias[j]
+        for i in range(n_in):
+            xi = x[b, i]
+            wi = w[i]
+            for j in range(n_out):
+                yb[j] += xi * wi[j]
+    return y
+
+
+@njit(cache=True)
+def _gelu(v):
+    return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+
+
+@njit(cache=True, fastmath=True)
+def _ssm_step(z, row, wf, ssm, act):
+    """Bilinear S4 step on (B, H) inputs, real arithmetic on (re, im) planes; writes GELU(y + D u) to act."""
+    B = z.shape[0]
+    H, N2, c0, s0 = row[H_], row[N2F], row[CPLX], row[STATE]
+    HN = H * N2
+    pl = wf[c0: c0 + 12 * HN].reshape(12, H, N2)  # Dinv, E, 2B, P, R, 2dC as (re, im) planes
+    D = wf[row[DSKIP]: row[DSKIP] + H]
+    for b in range(B):
+        st = ssm[b, s0: s0 + 2 * HN].reshape(2, H, N2)
+        for h in range(H):
+            s_re, s_im = st[0, h], st[1, h]
+            Di_re, Di_im, E_re, E_im = pl[0, h], pl[1, h], pl[2, h], pl[3, h]
+            B_re, B_im, P_re, P_im = pl[4, h], pl[5, h], pl[6, h], pl[7, h]
+            R_re, R_im, C_re, C_im = pl[8, h], pl[9, h], pl[10, h], pl[11, h]
+            u = z[b, h]
+            a = 0.0
+            for n in range(N2):  # 2 Re <conj P, s>
+                a += P_re[n] * s_re[n] + P_im[n] * s_im[n]
+            a *= 2.0
+            r = 0.0
+            for n in range(N2):  # t = E s + 2B u - P a;  r = 2 Re <R, t>
+                tr = E_re[n] * s_re[n] - E_im[n] * s_im[n] + B_re[n] * u - P_re[n] * a
+                ti = E_re[n] * s_im[n] + E_im[n] * s_re[n] + B_im[n] * u - P_im[n] * a
+                s_re[n] = tr
+                s_im[n] = ti
+                r += R_re[n] * tr - R_im[n] * ti
+            r *= 2.0
+            y = 0.0
+            for n in range(N2):  # s' = Dinv (t - P r);  y = 2 Re <dC, s'>
+                wr = s_re[n] - P_re[n] * r
+                wi = s_im[n] - P_im[n] * r
+                nr = Di_re[n] * wr - Di_im[n] * wi
+                ni = Di_re[n] * wi + Di_im[n] * wr
+                s_re[n] = nr
+                s_im[n] = ni
+                y += C_re[n] * nr - C_im[n] * ni
+            act[b, h] = _gelu(y + D[h] * u)
+
+
+@njit(cache=True)
+def _blocks(x, start, end, blocks, wf, ssm):
+    """Run residual blocks [start, end) on x (B, H) in place."""
+    B = x.shape[0]
+    for k in range(start, end):
+        row = blocks[k]
+        H = row[H_]
+        z = _layer_norm(x, wf, row[NORM], H)
+        if row[KIND] == FF_BLOCK:
+            F = row[N2F]
+            hid = _linear(z, wf, row[W1], row[B1], H, F)
+            for b in range(B):
+                for j in range(F):
+                    hid[b, j] = _gelu(hid[b, j])
+            y = _linear(hid, wf, row[W2], row[B2], F, H)
+        else:
+            act = np.empty((B, H), np.float32)
+            _ssm_step(z, row, wf, ssm, act)
+            if row[ACT] == ACT_NONE:
+                y = act
+            elif row[ACT] == ACT_ID:
+                y = _linear(act, wf, row[W1], row[B1], H, H)
+            else:
+                g = _linear(act, wf, row[W1], row[B1], H, 2 * H)
+                y = np.empty((B, H), np.float32)
+                for b in range(B):
+                    for h in range(H):
+                        y[b, h] = g[b, h] / (1.0 + math.exp(-g[b, H + h]))
+        for b in range(B):
+            for h in range(H):
+                x[b, h] += y[b, h]
+
+
+@njit(cache=True)
+def _step(tokens, tt, ssm, down, up, wf, blocks, tiers, center, meta, logits):
+    """One backbone step for tokens (B,) -> logits (B, V); mirrors `Backbone.step` (unet=False)."""
+    T, H0, V = meta[0], meta[1], meta[2]
+    B = tokens.shape[0]
+    t = tt[0]
+    x = np.empty((B, H0), np.float32)
+    for b in range(B):
+        for h in range(H0):
+            x[b, h] = wf[meta[3] + tokens[b] * H0 + h]
+    outputs = []
+    depth = 0
+    rate = 1
+    for i in range(T):
+        outputs.append(x.copy())
+        H, p = tiers[i, T_H], tiers[i, T_POOL]
+        slot = (t // rate) % p
+        for b in range(B):
+            for h in range(H):  # buffer laid out (h, s) like the DownPool's Linear input
+                down[b, tiers[i, T_DBUF] + h * p + slot] = x[b, h]
+        rate *= p
+        if slot < p - 1:
+            break
+        buf = down[:, tiers[i, T_DBUF]: tiers[i, T_DBUF] + H * p].copy()
+        x = _linear(buf, wf, tiers[i, T_DW], tiers[i, T_DB], H * p, tiers[i, T_DOUT])
+        depth += 1
+    if depth == T:
+        skip = x.copy()
+        _blocks(x, center[0], center[1], blocks, wf, ssm)
+        x += skip
+    for i in range(min(depth, T - 1), -1, -1):
+        H, p = tiers[i, T_H], tiers[i, T_POOL]
+        r = 1
+        for j in range(i):
+            r *= tiers[j, T_POOL]
+        slot = (t // r) % p
+        u0 = tiers[i, T_UBUF]
+        y = np.empty((B, H), np.float32)
+        for b in range(B):
+            for h in range(H):
+                y[b, h] = up[b, u0 + slot * H + h]
+        if slot == p - 1:  # refill pending outputs from the coarse tier's new output
+            Hc = x.shape[1]
+            new = _linear(x, wf, tiers[i, T_UW], tiers[i, T_UB], Hc, H * p)  # features (h, s)
+            for b in range(B):
+                for h in range(H):
+                    for s in range(p):
+                        up[b, u0 + s * H + h] = new[b, h * p + s]
+        x = y + outputs[i]
+        skip = x.copy()
+        _blocks(x, tiers[i, T_UPS], tiers[i, T_UPE], blocks, wf, ssm)
+        x += skip
+    z = _layer_norm(x, wf, meta[4], H0)
+    out = _linear(z, wf, meta[5], meta[6], H0, V)
+    logits[:, :] = out
+    tt[0] = t + 1
+
+
+@njit(cache=True)
+def _next_uniform(rng, b):
+    """splitmix64 step of row b's RNG -> uniform in [0, 1)."""
+    rng[b] += np.uint64(0x9E3779B97F4A7C15)
+    z = rng[b]
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, fastmath=True)
+def _sample_row(lg, q, temperature, top_p, rng, b):
+    """Sample from logits lg (V,) float32 -> (token, model NLL in nats, entropy of the sampling dist)."""
+    V = lg.shape[0]
+    m = lg.max()
+    z1 = 0.0
+    for j in range(V):
+        z1 += math.exp(lg[j] - m)
+    logz = m + math.log(z1)
+    if temperature == 0.0:
+        choice = int(np.argmax(lg))
+        return choice, logz - lg[choice], 0.0
+    inv_t = 1.0 / temperature
+    for j in range(V):
+        q[j] = math.exp((lg[j] - m) * inv_t)
+    if top_p < 1.0:
+        # nucleus = {q >= tau} for the largest tau whose set still holds top_p of the mass (the k most
+        # likely tokens, as in the torch sampler), found by bisection instead of a sort
+        total = q.sum()
+        lo, hi = 0.0, q.max()
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            mass = 0.0
+            for j in range(V):
+                mass += q[j] if q[j] >= mid else 0.0
+            if mass >= top_p * total:
+                lo = mid
+            else:
+                hi = mid
+        for j in range(V):
+            if q[j] < lo:
+                q[j] = 0.0
+    z = 0.0
+    ez = 0.0  # sum q (lg - m)/T, for the entropy log Z - E[(lg - m)/T]
+    for j in range(V):
+        z += q[j]
+        ez += q[j] * (lg[j] - m) * inv_t
+    ent = math.log(z) - ez / z
+    u = _next_uniform(rng, b) * z
+    acc = 0.0
+    choice = V - 1
+    for j in range(V):
+        acc += q[j]
+        if u < acc:
+            choice = j
+            break
+    while q[choice] == 0.0:  # rounding at the top end of the CDF
+        choice -= 1
+    return choice, logz - lg[choice], ent
+
+
+@njit(cache=True)
+def _sample_chunk(logits, tt, ssm, down, up, wf, blocks, tiers, center, meta, n_steps, tokens_out,
+                  offset, rng, temperature, top_p, nll, ent):
+    """n_steps of: sample each row from logits, record it, step the model (logits updated in place)."""
+    B, V = logits.shape
+    tok = np.empty(B, np.int64)
+    q = np.empty(V, np.float64)
+    for i in range(n_steps):
+        for b in range(B):
+            choice, nll_b, ent_b = _sample_row(logits[b], q, temperature, top_p, rng, b)
+            tok[b] = choice
+            tokens_out[b, offset + i] = choice
+            nll[b] += nll_b
+            ent[b] += ent_b
+        _step(tok, tt, ssm, down, up, wf, blocks, tiers, center, meta, logits)
+
+
+@njit(cache=True, parallel=True)
+def _sample_groups(bounds, logits, tt, ssm, down, up, wf, blocks, tiers, center, meta, n_steps, tokens_out,
+                   offset, rng, temperature, top_p, nll, ent):
+    """Run `_sample_chunk` on row groups [bounds[g], bounds[g+1]) in parallel; advance t once."""
+    for g in prange(len(bounds) - 1):
+        lo, hi = bounds[g], bounds[g + 1]
+        t_local = tt.copy()
+        _sample_chunk(logits[lo:hi], t_local, ssm[lo:hi], down[lo:hi], up[lo:hi], wf, blocks, tiers, center,
+                      meta, n_steps, tokens_out[lo:hi], offset, rng[lo:hi], temperature, top_p, nll[lo:hi],
+                      ent[lo:hi])
+    tt[0] += n_steps

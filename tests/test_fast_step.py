@@ -1,0 +1,87 @@
+"""The numba step engine equals the torch step path (and so the convolution) for every preset."""
+import numpy as np
+import pytest
+import torch
+
+from sashimi_core import PRESETS, SaShiMi, generate
+from sashimi_core.fast_step import FastSaShiMi, engine_for, supports
+from sashimi_core.sashimi import with_overrides
+
+
+def _perturbed(name, seed=0):
+    torch.manual_seed(seed)
+    model = SaShiMi(PRESETS[name]).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("log_dt"):
+                p.add_(0.5 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_fast_logits_equal_torch_step(name):
+    model = _perturbed(name)
+    tokens = torch.randint(0, 256, (2, 150))
+    with torch.no_grad():
+        full = model(tokens)
+        logits, state = model.start(2)
+        eng = FastSaShiMi(model)
+        fast_state = eng.state_from_torch(model.backbone.init_state(2))
+        outs = [eng.step_logits(np.full(2, 128), fast_state)]
+        torch_outs = [logits]
+        for t in range(149):
+            outs.append(eng.step_logits(tokens[:, t].numpy(), fast_state))
+            logits, state = model.step(tokens[:, t], state)
+            torch_outs.append(logits)
+    fast = torch.from_numpy(np.stack(outs, 1))
+    err_step = (fast - torch.stack(torch_outs, 1)).abs().max().item()
+    err_conv = (fast - full).abs().max().item()
+    print(name, "fast vs torch step", err_step, "fast vs conv", err_conv)
+    assert err_step < 1e-4 and err_conv < 1e-4
+
+
+def test_fast_state_from_prompt_continues_exactly():
+    model = _perturbed("sashimi-2", 1)
+    tokens = torch.randint(0, 256, (1, 90))
+    with torch.no_grad():
+        full = model(tokens)
+        logits, state = model.prefill(tokens[:, :37])  # conv-mode prompt, then the fast engine takes over
+        eng = engine_for(model)
+        st = eng.state_from_torch(state)
+        outs = [logits.numpy()]
+        for t in range(37, 89):
+            outs.append(eng.step_logits(tokens[:, t].numpy(), st))
+    err = (torch.from_numpy(np.stack(outs, 1)) - full[:, 37:]).abs().max().item()
+    print("prefill -> fast engine", err)
+    assert err < 1e-4
+
+
+def test_generate_engines_and_threads():
+    model = _perturbed("sashimi-tiny", 2)
+    a = generate(model, 700, n_samples=3, seed=11, engine="fast", threads=1)
+    b = generate(model, 700, n_samples=3, seed=11, engine="fast", threads=2)
+    assert torch.equal(a, b)  # thread count never changes results
+    t = generate(model, 50, n_samples=2, seed=11, engine="torch")
+    assert t.shape == (2, 50)
+    unet = SaShiMi(with_overrides(PRESETS["sashimi-tiny"], unet=True)).eval()
+    assert not supports(unet)
+    assert generate(unet, 20, seed=0).shape == (1, 20)  # auto falls back to the torch step
+    with pytest.raises(ValueError, match="does not support"):
+        generate(unet, 5, engine="fast")
+
+
+def test_engine_rebuilt_after_weight_update():
+    model = _perturbed("sashimi-tiny", 3)
+    first = engine_for(model)
+    assert engine_for(model) is first
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    assert engine_for(model) is not first
+
+
+def test_fast_greedy_matches_torch_greedy():
+    model = _perturbed("sashimi-tiny", 4)
+    fast = generate(model, 120, temperature=0, engine="fast")
+    slow = generate(model, 120, temperature=0, engine="torch")
+    assert torch.equal(fast, slow)
