@@ -12,8 +12,9 @@ Backends (one door: `s4.py` only ever calls :func:`cauchy`):
   ``cauchy_naive``; the baseline in ``python -m bench kernel``.
 - ``"torch"``: chunked over L with an analytic backward, so memory stays O(batch * N * chunk) and backward
   stores only v, z, w.
+- ``"numba"``: fused CPU kernels (see ``cauchy_cpu.py``), the fastest CPU path; forward and backward.
 - ``"triton"``: a fused GPU kernel (see ``cauchy_triton.py``); forward and backward.
-- ``"auto"``: triton for CUDA tensors when Triton imports, torch otherwise (quietly).
+- ``"auto"``: triton for CUDA tensors when Triton imports; numba on CPU; torch otherwise (quietly).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "direct", "naive", "torch", "triton")
+BACKENDS = ("auto", "direct", "naive", "torch", "numba", "triton")
 _CHUNK_ELEMENTS = 1 << 21  # complex elements per (..., N, chunk) intermediate: 16 MB at complex64
 
 try:  # Triton is optional: GPU machines (and TRITON_INTERPRET=1 tests) only.
@@ -33,6 +34,12 @@ try:  # Triton is optional: GPU machines (and TRITON_INTERPRET=1 tests) only.
 except Exception as exc:  # ImportError, or a Triton that fails to initialise
     _cauchy_triton = None
     _TRITON_ERROR = exc
+
+try:  # numba comes with librosa; without it the chunked torch backend is used
+    from sashimi_core import cauchy_cpu as _cauchy_cpu
+except ImportError as exc:
+    _cauchy_cpu = None
+    _NUMBA_ERROR = exc
 
 
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "auto",
@@ -44,11 +51,18 @@ def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "au
         raise ValueError(f"v {tuple(v.shape)} and w {tuple(w.shape)} must broadcast to v's shape")
     w = w.expand_as(v)
     if backend == "auto":
-        backend = "triton" if (v.is_cuda and _cauchy_triton is not None) else "torch"
+        if v.is_cuda:
+            backend = "triton" if _cauchy_triton is not None else "torch"
+        else:
+            backend = "numba" if _cauchy_cpu is not None else "torch"
     if backend == "direct":
         return cauchy_direct(v, z, w, conj)
     if backend == "naive":
         return cauchy_naive(v, z, w, conj)
+    if backend == "numba":
+        if _cauchy_cpu is None:
+            raise RuntimeError(f"Cauchy backend 'numba' is unavailable ({_NUMBA_ERROR!r}); `pip install numba`")
+        return _cauchy_cpu.cauchy_numba(v, z, w, conj)
     if backend == "triton":
         if _cauchy_triton is None:
             raise RuntimeError(f"Cauchy backend 'triton' is unavailable ({_TRITON_ERROR!r}); "
