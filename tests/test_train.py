@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sashimi_core import PRESETS, SaShiMi, load_model
+from sashimi_core import PRESETS, SaShiMi, load_model, run_state
 from sashimi_core import train as train_mod
 from sashimi_core.train import TrainConfig, TrainingFailed, lr_scale, main, param_groups, train
 
@@ -184,7 +184,7 @@ def test_nan_loss_fails_and_keeps_checkpoint(sc09, tmp_path, monkeypatch):
 
 
 def test_disk_full_fails_cleanly_and_resumes(sc09, tmp_path, monkeypatch):
-    real = train_mod.atomic_write_bytes
+    real = run_state.atomic_write_bytes
     writes = {"n": 0}
 
     def full(path, data):
@@ -194,7 +194,7 @@ def test_disk_full_fails_cleanly_and_resumes(sc09, tmp_path, monkeypatch):
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(train_mod, "atomic_write_bytes", full)
+    monkeypatch.setattr(run_state, "atomic_write_bytes", full)
     out = tmp_path / "full"
     cfg = TrainConfig(data=str(sc09), out=str(out), steps=4, checkpoint_every=2, val_every=0, sample_every=0,
                       log_every=1, **FAST)
@@ -204,7 +204,7 @@ def test_disk_full_fails_cleanly_and_resumes(sc09, tmp_path, monkeypatch):
     assert status["status"] == "failed" and "disk full" in status["message"] and "--resume" in status["message"]
     assert json.loads((out / "state" / "complete.json").read_text())["step"] == 2
     assert not (out / "state.tmp").exists()
-    monkeypatch.setattr(train_mod, "atomic_write_bytes", real)
+    monkeypatch.setattr(run_state, "atomic_write_bytes", real)
     run = train(TrainConfig(**{**cfg.__dict__, "resume": True}))
     assert run["step"] == 4 and sorted(losses(out)) == [1, 2, 3, 4]
 
