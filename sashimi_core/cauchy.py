@@ -49,20 +49,20 @@ def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "au
         raise ValueError(f"unknown Cauchy backend {backend!r}; expected one of {BACKENDS}")
     if v.shape != w.shape and torch.broadcast_shapes(v.shape, w.shape) != v.shape:
         raise ValueError(f"v {tuple(v.shape)} and w {tuple(w.shape)} must broadcast to v's shape")
-    w = w.expand_as(v)
     if backend == "auto":
         if v.is_cuda:
             backend = "triton" if _cauchy_triton is not None else "torch"
         else:
             backend = "numba" if _cauchy_cpu is not None else "torch"
+    if backend == "numba":
+        if _cauchy_cpu is None:
+            raise RuntimeError(f"Cauchy backend 'numba' is unavailable ({_NUMBA_ERROR!r}); `pip install numba`")
+        return _cauchy_cpu.cauchy_numba(v, z, w, conj)  # shares each 1/(z - w) across the rows of v
+    w = w.expand_as(v)
     if backend == "direct":
         return cauchy_direct(v, z, w, conj)
     if backend == "naive":
         return cauchy_naive(v, z, w, conj)
-    if backend == "numba":
-        if _cauchy_cpu is None:
-            raise RuntimeError(f"Cauchy backend 'numba' is unavailable ({_NUMBA_ERROR!r}); `pip install numba`")
-        return _cauchy_cpu.cauchy_numba(v, z, w, conj)
     if backend == "triton":
         if _cauchy_triton is None:
             raise RuntimeError(f"Cauchy backend 'triton' is unavailable ({_TRITON_ERROR!r}); "

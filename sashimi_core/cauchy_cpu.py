@@ -2,8 +2,9 @@
 
 Same contract as `cauchy(v, z, w, backend="numba", conj=...)`: v, w (R, N) complex; z (L,) complex; out (R, L).
 Each kernel works on (re, im) planes so LLVM vectorises the inner loop over L (forward) or the reduction over
-L (backward); rows run in parallel (numba prange). Per (row, mode, node) the forward costs two real
-divisions and ~20 flops, against ~10 separate torch ops over (R, N, chunk) tensors in the chunked backend.
+L (backward); rows run in parallel (numba prange). The forward computes each 1/(z - w) once for all rows of v
+that share w (S4's four (B|P) x (C̃|Q) products), ~2 real divisions per (channel, mode, node), against ~10
+separate torch ops over (R, N, chunk) tensors in the chunked backend.
 
 Gradients, with PyTorch's convention for complex tensors (x.grad = dLoss/dRe x + i dLoss/dIm x, g = out.grad):
     v.grad = sum_l g_l conj(1/(z_l - w_n))   [+ conj(g_l) / (z_l - conj(w_n))]
@@ -18,28 +19,42 @@ from numba import njit, prange
 
 @njit(cache=True, parallel=True, fastmath=True)
 def _forward(vr, vi, wr, wi, zr, zi, conj, out_r, out_i):
-    R, N = vr.shape
+    """v (K, R, N) planes share w (R, N): each 1/(z - w) is computed once for the K rows. out (K, R, L)."""
+    K, R, N = vr.shape
     L = zr.shape[0]
+    inv1 = np.empty((R, L), vr.dtype)
+    inv2 = np.empty((R, L), vr.dtype)
+    d1 = np.empty((R, L), vr.dtype)
+    d2 = np.empty((R, L), vr.dtype)
+    dr = np.empty((R, L), vr.dtype)
     for r in prange(R):
-        acc_r = out_r[r]
-        acc_i = out_i[r]
-        for l in range(L):
-            acc_r[l] = 0.0
-            acc_i[l] = 0.0
-        for n in range(N):
-            a, b, c, d = vr[r, n], vi[r, n], wr[r, n], wi[r, n]
+        for k in range(K):
             for l in range(L):
-                dr = zr[l] - c
-                d1i = zi[l] - d
-                inv1 = 1.0 / (dr * dr + d1i * d1i)
-                # v / (z - w) = v conj(z - w) / |z - w|^2
-                acc_r[l] += (a * dr + b * d1i) * inv1
-                acc_i[l] += (b * dr - a * d1i) * inv1
+                out_r[k, r, l] = 0.0
+                out_i[k, r, l] = 0.0
+        for n in range(N):
+            c, d = wr[r, n], wi[r, n]
+            for l in range(L):
+                x = zr[l] - c
+                y1 = zi[l] - d
+                dr[r, l] = x
+                d1[r, l] = y1
+                inv1[r, l] = 1.0 / (x * x + y1 * y1)
+                if conj:
+                    y2 = zi[l] + d
+                    d2[r, l] = y2
+                    inv2[r, l] = 1.0 / (x * x + y2 * y2)
+            for k in range(K):
+                a, b = vr[k, r, n], vi[k, r, n]
+                o_r, o_i = out_r[k, r], out_i[k, r]
+                for l in range(L):
+                    # v / (z - w) = v conj(z - w) / |z - w|^2
+                    o_r[l] += (a * dr[r, l] + b * d1[r, l]) * inv1[r, l]
+                    o_i[l] += (b * dr[r, l] - a * d1[r, l]) * inv1[r, l]
                 if conj:  # conj(v) / (z - conj(w))
-                    d2i = zi[l] + d
-                    inv2 = 1.0 / (dr * dr + d2i * d2i)
-                    acc_r[l] += (a * dr - b * d2i) * inv2
-                    acc_i[l] += (-b * dr - a * d2i) * inv2
+                    for l in range(L):
+                        o_r[l] += (a * dr[r, l] - b * d2[r, l]) * inv2[r, l]
+                        o_i[l] += (-b * dr[r, l] - a * d2[r, l]) * inv2[r, l]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -82,43 +97,56 @@ def _planes(x: torch.Tensor, rdtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CauchyNumba(torch.autograd.Function):
-    """Autograd wrapper: v, w (..., N) complex CPU tensors, z (L,) -> (..., L)."""
+    """Autograd wrapper: v (K, R, N), w (R, N) complex CPU tensors, z (L,) -> (K, R, L)."""
 
     @staticmethod
     def forward(ctx, v, z, w, conj):
         ctx.save_for_backward(v, z, w)
         ctx.conj = bool(conj)
         rdtype = np.float64 if v.dtype == torch.complex128 else np.float32
-        shape, N, L = v.shape[:-1], v.shape[-1], z.shape[-1]
-        vr, vi = _planes(v.reshape(-1, N), rdtype)
-        wr, wi = _planes(w.reshape(-1, N), rdtype)
+        K, R, N = v.shape
+        L = z.shape[-1]
+        vr, vi = _planes(v, rdtype)
+        wr, wi = _planes(w, rdtype)
         zr, zi = _planes(z, rdtype)
-        out_r = np.empty((vr.shape[0], L), rdtype)
+        out_r = np.empty((K, R, L), rdtype)
         out_i = np.empty_like(out_r)
         _forward(vr, vi, wr, wi, zr, zi, ctx.conj, out_r, out_i)
-        return torch.complex(torch.from_numpy(out_r), torch.from_numpy(out_i)).reshape(*shape, L)
+        return torch.complex(torch.from_numpy(out_r), torch.from_numpy(out_i))
 
     @staticmethod
     def backward(ctx, grad):
+        # Sharing 1/(z - w) across rows did not pay off here (the reductions over L are bandwidth-bound),
+        # so backward runs per row with w expanded.
         v, z, w = ctx.saved_tensors
         rdtype = np.float64 if v.dtype == torch.complex128 else np.float32
-        shape, N, L = v.shape[:-1], v.shape[-1], z.shape[-1]
-        vr, vi = _planes(v.reshape(-1, N), rdtype)
-        wr, wi = _planes(w.reshape(-1, N), rdtype)
+        K, R, N = v.shape
+        vr, vi = _planes(v.reshape(K * R, N), rdtype)
+        wr, wi = _planes(w.expand(K, R, N).reshape(K * R, N), rdtype)
         zr, zi = _planes(z, rdtype)
-        gr, gi = _planes(grad.reshape(-1, L), rdtype)
+        gr, gi = _planes(grad.reshape(K * R, -1), rdtype)
         out = [np.empty_like(vr) for _ in range(4)]
         _backward(vr, vi, wr, wi, zr, zi, gr, gi, ctx.conj, *out)
-        gv = torch.complex(torch.from_numpy(out[0]), torch.from_numpy(out[1])).reshape(*shape, N)
-        gw = torch.complex(torch.from_numpy(out[2]), torch.from_numpy(out[3])).reshape(*shape, N)
+        gv = torch.complex(torch.from_numpy(out[0]), torch.from_numpy(out[1])).reshape(K, R, N)
+        gw = torch.complex(torch.from_numpy(out[2]), torch.from_numpy(out[3])).reshape(K, R, N).sum(0)
         return (gv if ctx.needs_input_grad[0] else None, None, gw if ctx.needs_input_grad[2] else None, None)
 
 
 def cauchy_numba(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool) -> torch.Tensor:
+    """v (..., N), w broadcastable to v, z (L,) -> (..., L). When w has fewer leading dims than v (S4 passes
+    w (H, N/2) with v (2, 2, H, N/2)), the rows of v that share a w row share its Cauchy matrix."""
     if v.is_cuda:
         raise ValueError("the numba Cauchy backend runs on CPU tensors only")
     if v.dtype not in (torch.complex64, torch.complex128):
         raise ValueError(f"the numba Cauchy backend needs complex64/complex128 inputs, got {v.dtype}")
-    w = w.to(v.dtype)
-    z = z.to(v.dtype)
-    return CauchyNumba.apply(v, z, w.expand_as(v).contiguous(), conj)
+    w, z = w.to(v.dtype), z.to(v.dtype)
+    # strip leading broadcast dims of w: v = (K..., W...) with w = (W...)
+    while w.dim() > 1 and w.shape[0] == 1 and w.dim() >= v.dim():
+        w = w.squeeze(0)
+    if v.shape[v.dim() - w.dim():] != w.shape:
+        w = w.expand_as(v)
+    lead = v.shape[: v.dim() - w.dim()]
+    N, L = v.shape[-1], z.shape[-1]
+    v3 = v.reshape(-1, w.numel() // N, N)
+    out = CauchyNumba.apply(v3, z, w.reshape(-1, N), conj)
+    return out.reshape(*lead, *w.shape[:-1], L)

@@ -157,11 +157,22 @@ def _weights_path(directory: Path, config: dict) -> Path:
         raise ValueError(f"weights file {name!r} is not .safetensors; only safetensors are loaded (no pickles)")
     if not path.is_file():
         raise ValueError(f"weights file {path} is missing")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
-        raise ValueError(f"{path} is a pickle/torch.save file, not safetensors; refusing to unpickle it")
+    check_safetensors_file(path)
     return path
+
+
+def check_safetensors_file(path: Path) -> None:
+    """Raise ValueError unless path looks like safetensors (8-byte little-endian header size, then '{').
+
+    A pickle (protocol 2+ starts with 0x80) or a torch.save zip ('PK') gets a message that says so; we never
+    hand such a file to an unpickler."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:2] == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+                             and head[8:9] != b"{"):
+        raise ValueError(f"{path} is a pickle/torch.save file, not safetensors; refusing to unpickle it")
+    if len(head) < 9 or head[8:9] != b"{":
+        raise ValueError(f"{path} is not a safetensors file (bad header); the checkpoint is corrupted")
 
 
 def build_model(architecture: str, fields: dict, source: str = "config"):
@@ -217,7 +228,7 @@ def runs_dir() -> Path:
 
 
 def list_checkpoints(roots=None) -> list[dict]:
-    """Checkpoint folders under the given roots (default: shipped ``checkpoints/`` and the runs folder).
+    """Generative-model checkpoints under the given roots (default: shipped ``checkpoints/`` and the runs folder).
 
     Each entry: {"name", "path", "shipped", "architecture", "config", "metadata", "n_parameters"}.
     Folders with an unreadable config are skipped with a warning. A run folder's checkpoint may sit in a
@@ -237,6 +248,9 @@ def list_checkpoints(roots=None) -> list[dict]:
                         cfg = read_config(cand)
                     except ValueError as exc:
                         log.warning("skipping %s: %s", cand, exc)
+                        break
+                    arch = _architectures().get(cfg["architecture"])
+                    if arch is None or not hasattr(arch[1], "start"):  # not generative (e.g. the classifier)
                         break
                     out.append({"name": folder.name, "path": str(cand), "shipped": shipped,
                                 "architecture": cfg["architecture"], "config": cfg["config"],

@@ -86,3 +86,21 @@ def test_list_checkpoints(saved, tmp_path):
     _, path = saved
     found = list_checkpoints([(tmp_path, False)])
     assert [c["name"] for c in found] == ["m"] and found[0]["metadata"]["dataset"] == "unit-test"
+
+
+def test_safetensors_header_starting_with_0x80_is_not_a_pickle(tmp_path):
+    """A safetensors header length whose low byte is 0x80 must not be mistaken for a pickle."""
+    from safetensors.torch import save_file
+
+    from sashimi_core.checkpoint import check_safetensors_file
+
+    path = tmp_path / "w.safetensors"
+    for pad in range(0, 1024):
+        save_file({"w": torch.zeros(3)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    check_safetensors_file(path)  # no error
+    path.write_bytes(pickle.dumps({"w": [0.0] * 3}))
+    with pytest.raises(ValueError, match="pickle"):
+        check_safetensors_file(path)
