@@ -1,0 +1,503 @@
+"""What the playground's UI calls: model registry and cards, generation, continuation, model management.
+
+Plain values in and out ((sample_rate, ndarray) or file paths, dicts, strings); no Gradio import, so all of
+it is testable without a browser. User mistakes raise :class:`ServiceError` (or audio_io's AudioInputError),
+both ValueErrors whose message is meant for the user; the UI layer turns them into ``gr.Error``.
+
+Process-wide state lives here and only here, each piece behind a lock: the model cache (loaded lazily,
+reloaded when a checkpoint file changes), the per-session generation guard with its stop flags, measured
+throughput per model, and the cleaner that deletes result WAVs after ``Settings.output_max_age_s``.
+Training and data set jobs, deleting runs and importing reference backbones are in :mod:`playground.jobs`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from playground import audio_io
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PROMPT_NLL_MAX_S = 1.0  # the prompt's NLL costs one more forward pass: only for prompts up to this long
+
+
+class ServiceError(ValueError):
+    """A request the playground refuses; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits and folders for one app instance. ``Settings.create(public=True)`` is the Space profile."""
+
+    public: bool = False
+    max_seconds: float = 30.0  # longest continuation a request may ask for
+    max_samples: int = 8  # samples per request
+    max_prompt_seconds: float = 60.0  # prompt length after trimming
+    max_upload_mb: int = 200  # Gradio rejects bigger uploads before they reach us
+    concurrency: int = 2  # generation requests running at once (the rest wait in the queue)
+    queue_size: int | None = None  # waiting requests before new ones are refused
+    max_wall_s: float | None = None  # generation stops (with partial results) after this long
+    training: bool = True  # Train tab may start processes
+    max_train_steps: int | None = None  # cap on --steps when training is limited
+    train_presets: tuple[str, ...] | None = None  # allowed presets (None = all)
+    checkpoints_dir: Path = ROOT / "checkpoints"  # shipped models (never deleted)
+    runs_dir: Path = Path("runs")  # user runs (env SASHIMI_RUNS)
+    data_dir: Path = Path("data")  # data sets (env SASHIMI_DATA)
+    output_dir: Path = Path(tempfile.gettempdir()) / "sashimi-playground"  # result WAVs, deleted regularly
+    output_max_age_s: float = 3600.0
+
+    @classmethod
+    def create(cls, public: bool | None = None, **overrides) -> Settings:
+        """Settings from the environment: public when ``public`` or env SPACE_ID is set; SASHIMI_RUNS,
+        SASHIMI_DATA, SASHIMI_CHECKPOINTS pick the folders; SASHIMI_PUBLIC_TRAINING=1 allows limited training
+        in public mode."""
+        public = bool(os.environ.get("SPACE_ID")) if public is None else public
+        base = dict(runs_dir=Path(os.environ.get("SASHIMI_RUNS", "runs")),
+                    data_dir=Path(os.environ.get("SASHIMI_DATA", "data")),
+                    checkpoints_dir=Path(os.environ.get("SASHIMI_CHECKPOINTS", ROOT / "checkpoints")))
+        if public:
+            limited = os.environ.get("SASHIMI_PUBLIC_TRAINING") == "1"
+            base.update(public=True, max_seconds=2.0, max_samples=2, max_prompt_seconds=10.0, max_upload_mb=5,
+                        concurrency=1, queue_size=16, max_wall_s=300.0, training=limited,
+                        max_train_steps=200 if limited else None,
+                        train_presets=("sashimi-tiny",) if limited else None, output_max_age_s=1800.0)
+        base.update(overrides)
+        return cls(**base)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _roots(settings: Settings) -> list[tuple[Path, bool]]:
+    return [(Path(settings.checkpoints_dir), True), (Path(settings.runs_dir), False)]
+
+
+def list_models(settings: Settings) -> list[dict]:
+    """Cards of every generative checkpoint: shipped ones first, then user runs (incl. runs/<name>/checkpoint/).
+
+    Each card: id (unique name used by every other call), name, checkpoint (folder), run_dir, shipped, architecture,
+    n_parameters, dataset, nll_bits, sample_rate, quantization, steps, and the README text."""
+    from sashimi_core import list_checkpoints
+
+    cards, seen = [], set()
+    for entry in list_checkpoints(_roots(settings)):
+        cfg, meta = entry["config"], entry.get("metadata") or {}
+        if "n_tokens" not in cfg:  # not a token model (e.g. the SC09 digit classifier): nothing to sample
+            continue
+        model_id = entry["name"] if entry["name"] not in seen else f"runs/{entry['name']}"
+        seen.add(model_id)
+        path = Path(entry["path"])
+        readme = path / "README.md"
+        nll = meta.get("test_nll_bits", meta.get("val_nll_bits", meta.get("nll_bits")))
+        cards.append({
+            "id": model_id, "name": entry["name"], "checkpoint": str(path), "shipped": bool(entry["shipped"]),
+            "run_dir": str(path.parent if path.name == "checkpoint" else path),
+            "architecture": entry["architecture"], "n_parameters": entry.get("n_parameters"),
+            "dataset": meta.get("dataset"), "nll_bits": nll, "steps": meta.get("steps"),
+            "sample_rate": int(cfg.get("sample_rate", 16000)),
+            "quantization": cfg.get("quantization", "mu-law"),
+            "preset": meta.get("preset"), "d_model": cfg.get("d_model"), "n_layers": cfg.get("n_layers"),
+            "card": readme.read_text(errors="replace") if readme.is_file() else "",
+        })
+    return cards
+
+
+def find_model(settings: Settings, model_id: str) -> dict:
+    """The card of one model; ServiceError naming the available ones when it does not exist."""
+    if not model_id:
+        raise ServiceError("No model selected. Pick one in the model list (train one or import one first "
+                           "if the list is empty).")
+    cards = list_models(settings)
+    for card in cards:
+        if card["id"] == model_id:
+            return card
+    names = ", ".join(c["id"] for c in cards) or "none yet"
+    raise ServiceError(f"Unknown model {model_id!r}. Available models: {names}.")
+
+
+TABLE_HEADERS = ["model", "kind", "data set", "params", "NLL (bits)", "steps", "sample rate", "quantisation",
+                 "path"]
+
+
+def model_table(settings: Settings) -> list[list]:
+    """Rows (TABLE_HEADERS) for the Models tab's table."""
+    rows = []
+    for c in list_models(settings):
+        nll = c.get("nll_bits")
+        rows.append([c["id"], "shipped" if c["shipped"] else "run", c.get("dataset") or "",
+                     f"{c['n_parameters'] / 1e6:.3f}M" if c.get("n_parameters") else "",
+                     f"{nll:.3f}" if isinstance(nll, (int, float)) else "", c.get("steps") or "",
+                     c["sample_rate"], c["quantization"], c["checkpoint"]])
+    return rows
+
+
+def model_label(card: dict) -> str:
+    """One line for a model picker."""
+    params = f"{card['n_parameters'] / 1e6:.2f}M" if card.get("n_parameters") else "?"
+    nll = f" · {card['nll_bits']:.3f} bits" if isinstance(card.get("nll_bits"), (int, float)) else ""
+    where = "shipped" if card["shipped"] else "run"
+    return f"{card['id']} ({where} · {params}{nll})"
+
+
+def describe_model(card: dict) -> str:
+    """Markdown summary of a model card for the Generate tab."""
+    nll = card.get("nll_bits")
+    rows = [("data set", card.get("dataset") or "unknown"),
+            ("parameters", f"{card['n_parameters']:,}" if card.get("n_parameters") else "?"),
+            ("NLL", f"{nll:.3f} bits/sample" if isinstance(nll, (int, float)) else "not measured"),
+            ("sample rate", f"{card['sample_rate']} Hz"), ("quantisation", f"8-bit {card['quantization']}"),
+            ("source", "shipped checkpoint" if card["shipped"] else f"user run `{card['run_dir']}`")]
+    if card.get("steps"):
+        rows.insert(3, ("training steps", f"{card['steps']:,}"))
+    return f"**{card['id']}** ({card['architecture']}) · " + " · ".join(f"{k}: {v}" for k, v in rows)
+
+
+# ------------------------------------------------------------------------------------------- model cache
+class ModelCache:
+    """Loaded models keyed by (checkpoint path, device, weights mtime/size), least recently used dropped.
+
+    A checkpoint rewritten by a running training job has a new mtime, so the next request loads the new
+    weights. Loading happens under the lock, so two requests never load the same model twice."""
+
+    def __init__(self, capacity: int = 3):
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._models: OrderedDict[tuple, object] = OrderedDict()
+
+    def get(self, path: str, device: str = "cpu"):
+        from sashimi_core import load_model
+
+        weights = Path(path) / "model.safetensors"
+        try:
+            st = weights.stat()
+        except OSError as exc:
+            raise ServiceError(f"The checkpoint {path} has no model.safetensors (was it deleted?).") from exc
+        key = (str(Path(path).resolve()), device, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            for old in [k for k in self._models if k[:2] == key[:2]]:
+                del self._models[old]  # an older version of the same checkpoint
+            try:
+                model = load_model(path, map_location=device)
+            except ValueError as exc:
+                raise ServiceError(f"Could not load the model at {path}: {exc}") from exc
+            self._models[key] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return model
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            for key in [k for k in self._models if k[0] == str(Path(path).resolve())]:
+                del self._models[key]
+
+
+class SessionGuard:
+    """One generation at a time per browser session / API client, with a stop flag for each."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._active: dict[str, threading.Event] = {}
+
+    def begin(self, session: str) -> threading.Event:
+        with self._lock:
+            if session in self._active:
+                raise ServiceError("A generation is already running for this session; wait for it to finish "
+                                   "or press Stop.")
+            event = self._active[session] = threading.Event()
+            return event
+
+    def end(self, session: str) -> None:
+        with self._lock:
+            self._active.pop(session, None)
+
+    def stop(self, session: str) -> bool:
+        with self._lock:
+            event = self._active.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+
+MODELS = ModelCache()
+SESSIONS = SessionGuard()
+_THROUGHPUT: dict[str, float] = {}  # checkpoint folder -> last measured sampling speed (samples/s, all streams)
+_THROUGHPUT_LOCK = threading.Lock()
+_CLEANER_LOCK = threading.Lock()
+_CLEANERS: set[str] = set()
+
+
+def request_stop(session: str) -> bool:
+    """Ask the session's running generation to stop after its current chunk. False if none is running."""
+    return SESSIONS.stop(session)
+
+
+def estimate_seconds(settings: Settings, model_id: str, seconds: float, n_samples: int) -> float | None:
+    """Sampling time of a request at this model's last measured speed (None until a request has run long
+    enough to measure it); loading and reading the prompt come on top."""
+    try:
+        card = find_model(settings, model_id)
+    except ServiceError:
+        return None
+    with _THROUGHPUT_LOCK:
+        rate = _THROUGHPUT.get(card["checkpoint"])
+    if not rate:
+        return None
+    return seconds * card["sample_rate"] * n_samples / rate
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def new_output_dir(settings: Settings) -> Path:
+    folder = Path(settings.output_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def cleanup_outputs(settings: Settings, max_age_s: float | None = None) -> int:
+    """Delete result folders older than max_age_s (default settings.output_max_age_s). Returns the count."""
+    root = Path(settings.output_dir)
+    if not root.is_dir():
+        return 0
+    limit = time.time() - (settings.output_max_age_s if max_age_s is None else max_age_s)
+    n = 0
+    for folder in root.iterdir():
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < limit:
+                shutil.rmtree(folder, ignore_errors=True)
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+def start_cleaner(settings: Settings, interval_s: float = 300.0) -> None:
+    """Start (once per output folder) a daemon thread that runs cleanup_outputs every interval_s."""
+    key = str(Path(settings.output_dir).resolve())
+    with _CLEANER_LOCK:
+        if key in _CLEANERS:
+            return
+        _CLEANERS.add(key)
+
+    def loop():
+        while True:
+            try:
+                cleanup_outputs(settings)
+            except Exception:  # noqa: BLE001 - a cleaner must never die
+                log.exception("cleaning %s failed", key)
+            time.sleep(interval_s)
+
+    threading.Thread(target=loop, name="sashimi-output-cleaner", daemon=True).start()
+
+
+def result_file(results: dict | None, index: int, files, key: str = "wav") -> Path:
+    """The file `key` ("wav" or "params") of sample `index` of a generate_clips answer, looked up by name
+    in `files` (the answer's file list as the client holds it: our output folder, or Gradio's cache for
+    cached examples). ServiceError when it is gone."""
+    samples = (results or {}).get("samples") or []
+    if not 0 <= int(index) < len(samples):
+        raise ServiceError(f"There is no result {int(index) + 1}; generate first.")
+    name = Path(str(samples[int(index)][key])).name
+    for f in files or []:
+        p = Path(str(f))
+        if p.name == name and p.is_file():
+            return p
+    raise ServiceError(f"Result {int(index) + 1} is no longer available (results are deleted after a while); "
+                       "generate it again.")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit of this checkout (env SASHIMI_COMMIT wins), or 'unknown'."""
+    if os.environ.get("SASHIMI_COMMIT"):
+        return os.environ["SASHIMI_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# -------------------------------------------------------------------------------------------- generation
+def _gpu(fn):
+    """spaces.GPU on Hugging Face ZeroGPU Spaces when the package is importable; otherwise fn unchanged."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
+@_gpu
+def _sample(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: int, temperature: float,
+            top_p: float, seed: int | None, progress, stop):
+    """Load (cached) and sample: returns (audio (k, T+n) float32 numpy, stats, prompt NLL bits or None)."""
+    import torch
+
+    from sashimi_core import decode, encode, generate
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = MODELS.get(path, device)
+    q = model.cfg.quantization
+    tokens = None if prompt is None else encode(torch.from_numpy(prompt), q).to(device)  # (T,) int64
+    prompt_nll = None
+    if tokens is not None and len(tokens) <= PROMPT_NLL_MAX_S * model.cfg.sample_rate:
+        prompt_nll = _nll_bits(model, tokens)
+    out, stats = generate(model, n_steps, prompt=tokens, n_samples=n_samples, temperature=temperature,
+                          top_p=top_p, seed=seed, progress=progress, stop=stop, return_stats=True)
+    return decode(out.cpu(), q).numpy(), stats, prompt_nll
+
+
+def _nll_bits(model, tokens) -> float:
+    """Mean -log2 p(token) of tokens (T,) under the model: one teacher-forced forward pass."""
+    import torch
+
+    from sashimi_core.metrics import nll_bits
+
+    with torch.inference_mode():
+        return float(nll_bits(model(tokens[None]), tokens[None]))
+
+
+def check_generation_request(settings: Settings, temperature, top_p, seconds, n_samples, seed) -> None:
+    """Validate the numbers of a request with messages that name the allowed range."""
+    def number(x, name):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x):
+            raise ServiceError(f"{name} must be a number, got {x!r}.")
+        return float(x)
+
+    if not 0.0 <= number(temperature, "Temperature") <= 5.0:
+        raise ServiceError(f"Temperature must be between 0 (greedy) and 5, got {temperature}.")
+    if not 0.0 < number(top_p, "Top-p") <= 1.0:
+        raise ServiceError(f"Top-p must be in (0, 1], got {top_p}.")
+    if not 0.0 < number(seconds, "Length") <= settings.max_seconds + 1e-9:
+        raise ServiceError(f"Length must be between 0 and {settings.max_seconds:g} s here, got {seconds} s.")
+    n = number(n_samples, "Number of samples")
+    if n != int(n) or not 1 <= n <= settings.max_samples:
+        raise ServiceError(f"Number of samples must be a whole number from 1 to {settings.max_samples}, "
+                           f"got {n_samples}.")
+    if seed is not None and (number(seed, "Seed") != int(seed) or not -1 <= seed < 2**31):
+        raise ServiceError(f"Seed must be a whole number in [0, 2^31) (or -1 for random), got {seed}.")
+
+
+def generate_clips(settings: Settings, model_id: str, prompt=None, *, trim_start: float = 0.0,
+                   trim_end: float = 0.0, temperature: float = 1.0, top_p: float = 1.0, seconds: float = 1.0,
+                   n_samples: int = 1, seed: int | None = None, session: str = "",
+                   progress: Callable[[float, str], None] | None = None,
+                   stop: Callable[[], bool] | None = None) -> dict:
+    """Generate n_samples continuations of an optional prompt and write them as WAV + params JSON.
+
+    prompt: None, a file path, or (sample_rate, samples); converted to the model's rate, mono, trimmed to
+    [trim_start, trim_end or end]. seed None or -1 draws a random one (reported). progress(fraction,
+    message) is called per chunk; stop() (or request_stop(session)) ends early with partial results.
+    Returns a JSON-ready dict: model, seed, settings, prompt info, per-sample wav/params paths and NLL, the
+    list of files, and warnings for the user."""
+    check_generation_request(settings, temperature, top_p, seconds, n_samples, seed)
+    card = find_model(settings, model_id)
+    sr = card["sample_rate"]
+    prompt_audio = None
+    if prompt is not None and not (isinstance(prompt, str) and prompt == ""):
+        prompt_audio = audio_io.prepare_prompt(prompt, sr, trim_start=trim_start, trim_end=trim_end,
+                                               max_seconds=settings.max_prompt_seconds)
+    n_steps = max(1, int(round(float(seconds) * sr)))
+    seed = None if seed is None or int(seed) < 0 else int(seed)
+    session = session or f"anon-{uuid.uuid4().hex}"
+    flag = SESSIONS.begin(session)
+    t0 = time.monotonic()
+    reason = {"wall": False}
+    first: list[tuple[float, int]] = []  # (time, done) of the first progress call: rate excludes loading
+    rate_box: list[float] = []  # sampling rates measured between progress calls
+
+    def on_progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if not first:
+            first.append((now, done))
+        t1, d1 = first[0]
+        rate = (done - d1) / (now - t1) if done > d1 and now > t1 else None  # steps/s while sampling
+        if rate:
+            rate_box.append(rate)
+        if progress is not None:
+            eta = f", about {(total - done) / rate:.0f} s left" if rate else ""
+            progress(done / total, f"{n_samples} × {done:,}/{total:,} samples{eta}")
+
+    def should_stop() -> bool:
+        if settings.max_wall_s is not None and time.monotonic() - t0 > settings.max_wall_s:
+            reason["wall"] = True
+            return True
+        return flag.is_set() or (stop is not None and stop())
+
+    try:
+        if progress is not None:
+            progress(0.0, "loading the model and reading the prompt")
+        prompt_samples = None if prompt_audio is None else prompt_audio.audio
+        audio, stats, prompt_nll = _sample(card["checkpoint"], n_steps, prompt_samples, int(n_samples),
+                                           float(temperature), float(top_p), seed, on_progress, should_stop)
+    finally:
+        SESSIONS.end(session)
+    elapsed = time.monotonic() - t0
+    if rate_box:  # sampling speed without loading and prompt, in samples/s over all streams
+        with _THROUGHPUT_LOCK:
+            _THROUGHPUT[card["checkpoint"]] = rate_box[-1] * int(n_samples)
+    return _write_results(settings, card, audio, stats, prompt_audio, prompt_nll, elapsed, reason["wall"],
+                          dict(temperature=float(temperature), top_p=float(top_p), seconds=float(seconds),
+                               n_samples=int(n_samples), trim_start=float(trim_start or 0),
+                               trim_end=float(trim_end or 0)))
+
+
+def _write_results(settings, card, audio, stats, prompt_audio, prompt_nll, elapsed, wall_stop, params):
+    sr = card["sample_rate"]
+    folder = new_output_dir(settings)
+    prompt_s = 0.0 if prompt_audio is None else prompt_audio.seconds
+    warnings = list(prompt_audio.warnings) if prompt_audio else []
+    if stats.stopped:
+        warnings.append(("Stopped at the time limit of this server" if wall_stop else "Stopped")
+                        + f" after {stats.steps / sr:.2f} s of audio; showing what was generated.")
+    common = {"model": card["id"], "model_path": card["checkpoint"], "seed": stats.seed, **params,
+              "sample_rate": sr, "quantization": card["quantization"],
+              "prompt_sha256": None if prompt_audio is None else prompt_audio.sha256,
+              "prompt_seconds": round(prompt_s, 6), "prompt_nll_bits": prompt_nll,
+              "generated_seconds": round(stats.steps / sr, 6), "stopped": stats.stopped,
+              "commit": code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    samples, files = [], []
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", card["id"])
+    for i in range(audio.shape[0]):
+        wav = audio_io.write_wav(folder / f"{stem}-seed{stats.seed}-{i + 1}.wav", audio[i], sr)
+        meta = {**common, "sample_index": i, "nll_bits": stats.nll_bits[i],
+                "entropy_bits": stats.entropy_bits[i], "wav": wav.name}
+        params_path = folder / f"{wav.stem}.json"
+        params_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        samples.append({"index": i, "wav": str(wav), "params": str(params_path),
+                        "nll_bits": stats.nll_bits[i], "entropy_bits": stats.entropy_bits[i]})
+        files += [str(wav), str(params_path)]
+    return {**common, "elapsed_s": round(elapsed, 3),
+            "samples_per_s": round(stats.steps * audio.shape[0] / max(elapsed, 1e-9), 1),
+            "samples": samples, "files": files, "warnings": warnings}
+
+
+def continue_clip(settings: Settings, model_id: str, audio, **kwargs) -> dict:
+    """generate_clips with a prompt that must be given (an uploaded clip or an earlier result)."""
+    if audio is None or (isinstance(audio, str) and audio == ""):
+        raise ServiceError("Continue needs a clip: upload or record one (or use a result's "
+                           "'Continue this result').")
+    return generate_clips(settings, model_id, audio, **kwargs)
+
+
+def result_as_prompt(results: dict | None, index: int, files) -> str:
+    """The WAV of result `index` of an earlier answer, to be used as the next prompt."""
+    return str(result_file(results, index, files, "wav"))

@@ -1,0 +1,112 @@
+"""Browser end-to-end test: Debian's Chromium driven by Playwright against the launched app. Uploads a clip,
+clicks Generate, waits for the result audio and its spectrogram, and saves screenshots under the pytest tmp
+dir (set E2E_SCREENSHOTS=<folder> to also copy them there). Never runs `playwright install`."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app_helpers import ROOT, LaunchedApp, make_tiny_checkpoint
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs chromium (apt-get install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def page_on_app(tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    tmp = tmp_path_factory.mktemp("e2e")
+    make_tiny_checkpoint(tmp / "runs" / "tiny")
+    app = LaunchedApp(tmp, tmp / "runs", tmp / "shipped")
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(app.url)
+            page.locator("#generate-btn").wait_for()
+            yield page, tmp
+            browser.close()
+    finally:
+        app.stop()
+
+
+def _clear_prompt(page) -> None:
+    clear = page.locator("#prompt-audio button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+    page.locator("#prompt-audio input[type=file]").wait_for(state="attached")
+
+
+def _shot(page, tmp: Path, name: str, full_page: bool = True) -> Path:
+    path = tmp / name
+    page.screenshot(path=str(path), full_page=full_page)
+    if os.environ.get("E2E_SCREENSHOTS"):
+        Path(os.environ["E2E_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(os.environ["E2E_SCREENSHOTS"]) / name)
+    return path
+
+
+def test_upload_generate_shows_audio_and_spectrogram(page_on_app):
+    page, tmp = page_on_app
+    expect = pytest.importorskip("playwright.sync_api").expect
+    expect(page.locator("#model-picker input")).to_have_value(re.compile("^tiny"))  # filled on page load
+    page.locator("#prompt-audio input[type=file]").set_input_files(str(ROOT / "assets" / "digit_seven.wav"))
+    page.locator("#prompt-audio audio[src]").first.wait_for(state="attached")  # the upload reached the player
+    length = page.locator("#length-slider input[type=number]")
+    length.fill("0.02")
+    length.press("Enter")
+    page.locator("#generate-btn").click()
+    page.locator("#result-plot-0 .js-plotly-plot").wait_for(timeout=240_000)
+    page.locator("#result-audio-0 audio[src]").first.wait_for(state="attached")  # the player has the WAV
+    expect(page.locator("#result-audio-0").get_by_text("0:00").first).to_be_visible()
+    summary = page.locator("#results-summary").inner_text()
+    assert "seed" in summary and "prompt 0.6" in summary
+    assert page.locator("#result-plot-0").get_by_text("prompt | continuation").count() >= 1
+    assert _shot(page, tmp, "generate.png").stat().st_size > 10_000
+
+
+def test_other_tabs_render(page_on_app):
+    page, tmp = page_on_app
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#models-table").get_by_role("gridcell", name="tiny", exact=True).first.wait_for()
+    _shot(page, tmp, "models.png")
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_role("heading", name="1 · Data set").wait_for()
+    page.get_by_text("sc09-synth: not built").wait_for()  # the Timer polled the build status
+    _shot(page, tmp, "train.png")
+
+
+def test_new_checkpoint_reaches_the_model_picker(page_on_app):
+    """A checkpoint written while the page is open (as a training run does) shows up without a reload."""
+    page, tmp = page_on_app
+    page.get_by_role("tab", name="Generate").click()
+    make_tiny_checkpoint(tmp / "runs" / "fresh-run" / "checkpoint", steps=100)
+    page.wait_for_timeout(6000)  # the Timer polls every 2 s
+    page.locator("#model-picker input").click()
+    page.get_by_role("option", name=re.compile("^fresh-run")).wait_for()
+    page.keyboard.press("Escape")
+
+
+def test_bad_upload_shows_error_and_app_recovers(page_on_app, tmp_path):
+    page, tmp = page_on_app
+    page.get_by_role("tab", name="Generate").click()
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not audio at all\n" * 50)
+    _clear_prompt(page)
+    page.locator("#prompt-audio input[type=file]").set_input_files(str(notes))
+    page.locator("#generate-btn").click()
+    page.get_by_text("is not an audio file we can read").first.wait_for()
+    page.wait_for_timeout(800)  # the toast fades in
+    _shot(page, tmp, "bad_upload.png", full_page=False)  # the toast is fixed to the viewport
+    _clear_prompt(page)
+    page.locator("#generate-btn").click()  # no prompt: unconditional, and the app still works
+    page.get_by_text("no prompt").first.wait_for(timeout=240_000)
