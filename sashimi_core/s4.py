@@ -86,7 +86,7 @@ class S4Kernel(nn.Module):
     # ---- convolution mode ---------------------------------------------------------------------------
     def forward(self, L: int) -> torch.Tensor:
         """Convolution kernel K (H, L), real. Grows C̃'s length first if L exceeds it (as the reference)."""
-        while int(self.l_kernel) == 0 or L > int(self.l_kernel):
+        if int(self.l_kernel) == 0 or L > int(self.l_kernel):
             self._setup_C(L)
         Lk = int(self.l_kernel)
         dt, Lambda, B, P, C = self._params()
@@ -135,19 +135,26 @@ class S4Kernel(nn.Module):
 
     @torch.no_grad()
     def _setup_C(self, L: int) -> None:
-        """Turn the stored C into C̃ for length L (l_kernel = 0), or double C̃'s length (as the reference)."""
+        """Make C̃ cover length L, in place (as the reference). l_kernel = 0 (raw C): C̃ = C (I - Ā^L).
+        Otherwise double l_kernel m times until it covers L, in one go:
+        C̃_{2^m l} = C̃_l (I + Ā^l)(I + Ā^{2l})...(I + Ā^{2^(m-1) l}) = C̃_l (I - Ā^{2^m l}) (I - Ā^l)^{-1}."""
         lk = int(self.l_kernel)
-        double = lk > 0
-        L = lk if double else L
         a, V, Vi = self._eig()
         mu, _, _ = self._mu(a)
         V, Vi = self._per_channel(V), self._per_channel(Vi)
         C = _c(self.C).to(torch.complex128)
         c = torch.cat([C, C.conj()], -1)  # (H, N) row vectors
-        cAL = torch.einsum("hn,hnm,hm,hmk->hk", c, V, mu**L, Vi)  # c Ā^L
-        c_new = c + cAL if double else c - cAL  # C̃ = C (I - Ā^L); doubling: C̃_2L = C̃_L (I + Ā^L)
+        cV = torch.einsum("hn,hnm->hm", c, V)
+        if lk == 0:
+            new_l, scale = L, 1 - mu**L
+        else:
+            new_l = lk
+            while new_l < L:
+                new_l *= 2
+            scale = (1 - mu**new_l) / (1 - mu**lk)
+        c_new = torch.einsum("hm,hmk->hk", cV * scale, Vi)
         self.C.copy_(torch.view_as_real(c_new[:, : self.N2].to(torch.complex64)))
-        self.l_kernel.fill_(2 * lk if double else L)
+        self.l_kernel.fill_(new_l)
 
     @torch.no_grad()
     def step_params(self, dtype=torch.complex64) -> dict:
@@ -197,7 +204,7 @@ class S4Kernel(nn.Module):
         table = torch.exp(torch.log(mu).unsqueeze(-1) * j).transpose(1, 2)  # (H, C, N): mu^(C-1-j)
         t_re, t_im = table.real.contiguous(), table.imag.contiguous()
         acc = torch.zeros(u.shape[0], self.H, mu.shape[-1], dtype=torch.complex128, device=u.device)
-        u = u.double().permute(2, 0, 1)  # (H, B, L)
+        u = u.double().permute(2, 0, 1).contiguous()  # (H, B, L)
         for s in range(0, L, C):
             c = min(C, L - s)
             uc = u[:, :, s: s + c]
