@@ -1,4 +1,4 @@
-"""Start the SaShiMi playground: python app.py [--host H] [--port P] [--public] [--share]."""
+"""Start the SaShiMi playground: python app.py [--host H] [--port P] [--public] [--share] [--teacher-password P]."""
 import argparse
 import os
 
@@ -14,6 +14,10 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     ap.add_argument("--public", action="store_true", help="public limits (automatic when SPACE_ID is set)")
     ap.add_argument("--share", action="store_true", help="also open a gradio.live share link")
+    ap.add_argument("--teacher-password", default=None, help="password for the Listen tab's teacher tools "
+                    "(or env SASHIMI_TEACHER_PASSWORD)")
     args = ap.parse_args()
+    if args.teacher_password:
+        os.environ["SASHIMI_TEACHER_PASSWORD"] = args.teacher_password
     settings = Settings.create(public=args.public or on_space)
     build_app(settings).launch(**launch_options(settings, args.host, args.port, args.share))

@@ -3,7 +3,8 @@
 S4Kernel(H=64, d_state=64, n_ssm=1) at L = 16000 and 128000: time of ``k = kernel(L)`` (forward, autograd
 on, as in training) and of ``kernel(L).square().sum().backward()`` (forward + backward), and the peak
 memory of each, every case in a fresh process. C̃ is set up by one untimed ``kernel(L)`` call first.
-The chunked ``torch`` backend and the materialising ``naive`` one (the reference's) run in the same
+The fused ``numba`` CPU backend (``triton`` on CUDA), the chunked ``torch`` backend and the materialising
+``naive`` one (the reference's) run in the same
 invocation; recorded numbers of the reference implementation are printed alongside.
 """
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _parse(argv):
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda requested but torch.cuda.is_available() is False")
     if args.backend is None:
-        args.backend = ["torch", "naive"] + (["triton"] if args.device.startswith("cuda") else [])
+        args.backend = ((["triton"] if args.device.startswith("cuda") else ["numba"]) + ["torch", "naive"])
     args.backend = [b for arg in args.backend for b in arg.split(",")]
     return args
 
