@@ -62,8 +62,8 @@ def main(argv=None) -> int:
                 if res["ok"]:
                     r = res["result"]
                     row.update(samples_per_s=round(r["samples_per_s"]),
-                               real_time_x=round(r["samples_per_s"] / REAL_TIME, 2), steps=r["steps"], peak_rss_gb=common.fmt_gb(r["peak_bytes"]),
-                               torch_threads=r["torch_threads"])
+                               real_time_x=round(r["samples_per_s"] / REAL_TIME, 2), steps=r["steps"],
+                               peak_rss_gb=common.fmt_gb(r["peak_bytes"]), torch_threads=r["torch_threads"])
                 else:
                     row["error"] = res["error"]
                 rows.append(row)
