@@ -10,6 +10,7 @@ import sys
 
 COMMANDS = {  # command -> (module, one-line help)
     "kernel": ("bench.kernel", "S4 kernel: chunked vs naive Cauchy backends, time and peak memory"),
+    "table": ("bench.table", "paper table: every system trained for one wall-clock budget, then scored"),
 }
 
 
