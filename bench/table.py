@@ -120,7 +120,7 @@ def train_budget(args, system: str, architecture: str, run: Path) -> dict:
            "--schedule", "constant", "--warmup", str(args.warmup), "--val-every", "0", "--sample-every", "0",
            "--checkpoint-every", str(10**9), "--log-every", "1", "--seed", str(args.seed), "--threads",
            str(args.threads), "--device", args.device, "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(common.ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(common.ROOT), os.environ.get("PYTHONPATH")]))}
     metrics = run / "metrics.jsonl"
     with open(run / "train.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=common.ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -135,6 +135,7 @@ def train_budget(args, system: str, architecture: str, run: Path) -> dict:
             t_run = next(m["time"] for m in read_jsonl(metrics) if m.get("status") == "running")
             while proc.poll() is None and time.time() < t_run + args.budget_s:
                 time.sleep(0.2)
+            load = round(os.getloadavg()[0], 2)  # other work on the machine takes steps from this budget
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 sent_term = True
@@ -160,7 +161,8 @@ def train_budget(args, system: str, architecture: str, run: Path) -> dict:
             "returncode": proc.returncode, "steps": status.get("step") if checkpointed else 0,
             "steps_logged": steps[-1]["step"] if steps else 0, "train_wall_s": round(end - t_run, 1),
             "first_step_s": round(steps[0]["time"] - t_run, 2) if steps else None,
-            "train_samples_per_s": rate, "checkpoint": checkpointed, "stopped_by_budget": sent_term}
+            "train_samples_per_s": rate, "checkpoint": checkpointed, "stopped_by_budget": sent_term,
+            "loadavg_1m_end": load}
     done["samples_seen"] = done["steps"] * n
     common.write_json("", done, marker)
     return done
@@ -276,12 +278,15 @@ def run_system(args, system: str) -> dict:
     run = args.runs / system
     try:
         tr = train_budget(args, system, arch, run)
-        row.update({k: tr.get(k) for k in ("steps", "samples_seen", "train_wall_s", "first_step_s",
-                                           "train_samples_per_s", "status")}, reused_training=tr.get("reused", False))
+        keys = ("steps", "samples_seen", "train_wall_s", "first_step_s", "train_samples_per_s", "status",
+                "loadavg_1m_end")
+        row.update({k: tr.get(k) for k in keys}, reused_training=tr.get("reused", False))
         notes = []
         if arch == "samplernn":
             notes.append("whole-clip BPTT (no TBPTT)")
-        if not tr["checkpoint"]:
+        if not tr["checkpoint"] and tr["status"] == "failed":
+            notes.append(f"training failed: {tr['message']}")
+        elif not tr["checkpoint"]:
             notes.append(f"no optimizer step completed in the {args.budget_s:.0f} s budget "
                          f"(+{args.grace_s:.0f} s grace); trainer status {tr['status']}: {tr['message']}")
         elif not tr.get("stopped_by_budget", True):
@@ -326,8 +331,11 @@ def markdown(data: dict) -> str:
         rows.append(m)
     cols = ["system", "params", "steps", "train_samples_per_s", "test NLL bits (95% CI)"]
     cols += [*SC09_METRICS] if data["sc09"] else ["paper NLL (params)"]
-    cols += ["gen_b1_samples_per_s", "gen_b16_samples_per_s", "note"]
+    cols += ["gen_b1_samples_per_s", "gen_b16_samples_per_s", "loadavg_1m_end", "note"]
     text = head + common.markdown_table(rows, cols)
+    text += ("\n\nsamples/s: training (steady, first step excluded) and generation at batch 1 / 16 (aggregate); "
+             "loadavg_1m_end: the machine's 1-min load average when the budget ended (other work there takes "
+             "steps from the budget).")
     if data["sc09"]:
         paper = [{"model": k, **{m: v.get(m) for m in ("nll_bits", *SC09_METRICS)}} for k, v in PAPER_SC09.items()]
         text += "\n\nPaper (SC09; its own classifier, so FID/IS/mIS/AM are not comparable with ours):\n\n"
@@ -400,22 +408,29 @@ def main(argv=None) -> int:
                                                         "threads", "eval_clips", "eval_batch", "gen_seconds",
                                                         "sc09_clips", "real_clips", "gen_clip_samples", "clip_cap_s",
                                                         "grace_s")},
-            "lr": LR, "runs": str(args.runs), "rows": [],
+            "lr": LR, "runs": str(args.runs), "rows": [], "total_wall_s": 0.0,
             "paper": {"youtubemix": {k: {"nll_bits": v, "params": n} for k, (v, n) in PAPER_YOUTUBEMIX.items()},
                       "sc09": PAPER_SC09},
             "command": "python -m bench table " + " ".join(argv if argv is not None else sys.argv[1:])}
-    for system in systems:
-        if args.retrain:
-            shutil.rmtree(args.runs / system, ignore_errors=True)
-        t0 = time.time()
-        row = run_system(args, system)
-        row["system_wall_s"] = round(time.time() - t0, 1)
-        data["rows"].append(row)
-        data["total_wall_s"] = time.time() - t_start
-        print({k: v for k, v in row.items() if k not in ("real_reference", "class_histogram")}, file=sys.stderr,
-              flush=True)
-        common.write_json(NAME, clean(data), out)
-        out.with_suffix(".md").write_text(markdown(data))
+    def on_term(signum, frame):  # SIGTERM here: unwind, so train_budget kills its trainer subprocess
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for system in systems:
+            if args.retrain:
+                shutil.rmtree(args.runs / system, ignore_errors=True)
+            t0 = time.time()
+            row = run_system(args, system)
+            row["system_wall_s"] = round(time.time() - t0, 1)
+            data["rows"].append(row)
+            data["total_wall_s"] = time.time() - t_start
+            print({k: v for k, v in row.items() if k not in ("real_reference", "class_histogram")},
+                  file=sys.stderr, flush=True)
+            common.write_json(NAME, clean(data), out)
+            out.with_suffix(".md").write_text(markdown(data))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     text = markdown(data)
     print(text)
     print(f"wrote {out} and {out.with_suffix('.md')}")

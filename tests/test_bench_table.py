@@ -74,3 +74,29 @@ def test_spread_covers_the_split():
     s = table.Spread(list(range(100)), 5)
     assert [s[i] for i in range(len(s))] == [0, 25, 50, 74, 99]
     assert len(table.Spread(list(range(3)), 0)) == 3 and len(table.Spread(list(range(3)), 10)) == 3
+
+
+def test_sigterm_stops_the_trainer_too(sc09, tmp_path):
+    """Stopping the table mid-budget leaves no trainer running; the unfinished system is trained afresh later."""
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "table",
+                             *args(sc09, runs, tmp_path / "t.json", "sashimi-tiny", "120")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = runs / "sc09-synth" / "sashimi-tiny" / "metrics.jsonl"
+    t0 = time.time()
+    while not (metrics.is_file() and "running" in metrics.read_text()):
+        assert proc.poll() is None and time.time() - t0 < 120
+        time.sleep(0.2)
+    proc.terminate()
+    assert proc.wait(timeout=60) != 0
+    time.sleep(0.5)
+    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).find(str(runs)) >= 0]
+    assert not alive, [_cmdline(p) for p in alive]
+    assert not (metrics.parent / "table_train.json").exists()
+
+
+def _cmdline(p: Path) -> str:
+    try:
+        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
