@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from playground.listening.config import ListeningError
+from sashimi_core.checkpoint import atomic_write_json
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 6
@@ -33,19 +34,10 @@ FORMAT_VERSION = 1
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """JSON (indent 2, sorted keys, final newline) via a temp file in the same folder and os.replace."""
+    """JSON (indent 2, sorted keys, final newline), written atomically; creates the folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, obj)
 
 
 def new_test_id() -> str:
