@@ -252,7 +252,10 @@ def _layer_norm(x, wf, off, H):
 
 @njit(cache=True, fastmath=True)
 def _linear(x, wf, w_off, b_off, n_in, n_out):
-    """x (B, n_in) @ W^T (stored transposed, (n_in, n_out)) + b. Explicit loops: no BLAS threads."""
+    """x (B, n_in) @ W^T (stored transposed, (n_in, n_out)) + b. Explicit loops: no BLAS threads.
+
+    The batch loop sits inside the weight-row loop, so each row of W is read once per step for all B rows
+    (the weights, not the arithmetic, bound a step); each output still sums over i in order."""
     B = x.shape[0]
     w = wf[w_off: w_off + n_in * n_out].reshape(n_in, n_out)
     bias = wf[b_off: b_off + n_out]
@@ -261,17 +264,37 @@ def _linear(x, wf, w_off, b_off, n_in, n_out):
         yb = y[b]
         for j in range(n_out):
             yb[j] = bias[j]
-        for i in range(n_in):
+    for i in range(n_in):
+        wi = w[i]
+        for b in range(B):
             xi = x[b, i]
-            wi = w[i]
+            yb = y[b]
             for j in range(n_out):
                 yb[j] += xi * wi[j]
     return y
 
 
-@njit(cache=True)
+# erf(s) ~ s P(s^2) / Q(s^2) on [-4, 4] (|erf| rounds to 1 beyond): the rational approximation Eigen and
+# XLA use for float32. Branch-free, so loops over it vectorise; GELU error <= 1.1e-6 against math.erf
+# (checked on a dense grid in tests), where libm's erf costs ~4x more per call.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+@njit(cache=True, fastmath=True)
 def _gelu(v):
-    return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
+    """Exact (erf) GELU, v * Phi(v), with the rational erf above."""
+    s = min(max(v * np.float32(0.7071067811865476), np.float32(-4.0)), np.float32(4.0))
+    s2 = s * s
+    p = np.float32(_ERF_P[0])
+    for c in _ERF_P[1:]:
+        p = p * s2 + np.float32(c)
+    q = np.float32(_ERF_Q[0])
+    for c in _ERF_Q[1:]:
+        q = q * s2 + np.float32(c)
+    return np.float32(0.5) * v * (np.float32(1.0) + s * p / q)
 
 
 @njit(cache=True, fastmath=True)

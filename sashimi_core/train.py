@@ -93,11 +93,12 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on CUDA (never on CPU); S4 kernels stay fp32/complex64
     progress: bool = True  # tqdm bar (rank 0)
     resume: bool = False
+    init_from: str | None = None  # checkpoint folder whose weights start a new run (warm start; same model config)
 
 
 # Fields that define a run: a resumed run must keep them (the rest may change, e.g. more --steps).
 IDENTITY = ("data", "preset", "architecture", "overrides", "quantization", "batch", "length", "lr", "ssm_lr",
-            "weight_decay", "warmup", "schedule", "clip", "seed")
+            "weight_decay", "warmup", "schedule", "clip", "seed", "init_from")
 
 
 class TrainingFailed(RuntimeError):
@@ -151,6 +152,24 @@ def model_fields(cfg: TrainConfig) -> tuple[str, dict]:
     if cfg.quantization is not None:
         fields["quantization"] = cfg.quantization
     return architecture, fields
+
+
+def warm_start(model: torch.nn.Module, directory: str, architecture: str, fields: dict) -> None:
+    """Copy the weights of checkpoint `directory` into model (a new run's step 0); the configs must agree."""
+    from sashimi_core.checkpoint import load_model, read_config
+
+    saved = read_config(directory)
+    if saved["architecture"] != architecture:
+        raise ValueError(f"--init-from {directory}: it holds a {saved['architecture']} model, this run trains "
+                         f"{architecture}")
+    differ = sorted(k for k, v in saved["config"].items() if k in fields and
+                    (list(v) if isinstance(v, (list, tuple)) else v) !=
+                    (list(fields[k]) if isinstance(fields[k], (list, tuple)) else fields[k]))
+    if differ:
+        raise ValueError(f"--init-from {directory}: its model config differs from this run's in {differ}; "
+                         f"pick the preset/overrides it was trained with")
+    model.load_state_dict(load_model(directory).state_dict())
+    log.info("warm start from %s", directory)
 
 
 # ------------------------------------------------------------------------------------------ optimizer, schedule
@@ -310,6 +329,8 @@ def train(cfg: TrainConfig) -> dict:
             log.warning("no validation: %s", exc)
         torch.manual_seed(cfg.seed)
         model = build_model(architecture, fields, f"--preset {cfg.preset}").to(device)
+        if cfg.init_from and state_dir is None:
+            warm_start(model, cfg.init_from, architecture, fields)
         opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
         if state_dir is not None:
             run = load_state(state_dir, model, opt)

@@ -19,6 +19,23 @@ def _perturbed(name, seed=0):
     return model
 
 
+def test_engine_gelu_matches_exact_gelu():
+    from numba import njit
+
+    from sashimi_core.fast_step import _gelu
+
+    @njit
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _gelu(x[i])
+
+    x = np.linspace(-12, 12, 200_001).astype(np.float32)
+    out = np.empty_like(x)
+    apply(x, out)
+    exact = torch.nn.functional.gelu(torch.from_numpy(x).double()).numpy()
+    assert np.abs(out - exact).max() < 2e-6
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_fast_logits_equal_torch_step(name):
     model = _perturbed(name)

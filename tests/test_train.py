@@ -163,6 +163,24 @@ def test_clear_errors(sc09, trained, tmp_path, capsys):
     assert "no field 'nope'" in capsys.readouterr().err
 
 
+def test_init_from_warm_starts_a_new_run(sc09, trained, tmp_path, capsys):
+    out, _ = trained
+    warm = tmp_path / "warm"
+    cfg = TrainConfig(data=str(sc09), out=str(warm), steps=1, lr=1e-12, ssm_lr=1e-12, val_every=0, sample_every=0,
+                      init_from=str(out / "checkpoint"), **FAST)
+    train(cfg)
+    before, after = load_model(out / "checkpoint").state_dict(), load_model(warm / "checkpoint").state_dict()
+    assert before.keys() == after.keys()
+    for k in before:  # one step at lr 1e-12 moves nothing measurably: the run started from those weights
+        assert torch.allclose(before[k].float(), after[k].float(), atol=1e-6), k
+    # a fresh init is far from them, and a model of another shape is refused with a clear message
+    fresh = SaShiMi(PRESETS["sashimi-tiny"]).state_dict()
+    assert any(not torch.allclose(fresh[k].float(), before[k].float(), atol=1e-3) for k in before)
+    assert main(["--data", str(sc09), "--steps", "1", "--preset", "sashimi-tiny", "--out", str(tmp_path / "x"),
+                 "--init-from", str(out / "checkpoint"), "--override", "d_model=32", "--no-progress"]) == 2
+    assert "model config differs from this run's in ['d_model']" in capsys.readouterr().err
+
+
 def test_nan_loss_fails_and_keeps_checkpoint(sc09, tmp_path, monkeypatch):
     real = train_mod.compute_loss
     calls = {"n": 0}
