@@ -96,15 +96,16 @@ class FastSaShiMi:
                 N2 = layer.kernel.N2
                 zeros = torch.zeros_like(p["E"])
                 planes = torch.stack([p["Dinv"], p["E"], p["B2"], p.get("P", zeros), p.get("R", zeros), p["dC2"]])
-                # 12 float32 planes (re, im of each), each (H, N/2): real arithmetic vectorises, complex does not
-                cplx = pk.addf(torch.stack([planes.real, planes.imag], 1).numpy())
+                # 12 float32 planes (re, im of each), each (N/2, H), channels innermost: the step's loops then run
+                # over channels with no horizontal sums (real arithmetic vectorises, complex does not)
+                cplx = pk.addf(torch.stack([planes.real, planes.imag], 1).transpose(-1, -2).numpy())
                 lin = [m for m in layer.output_linear.modules() if isinstance(m, torch.nn.Linear)]
                 act = ACT_NONE if not lin else (ACT_GLU if lin[0].out_features == 2 * H else ACT_ID)
                 w = pk.addf(_np(lin[0].weight).T) if lin else -1
                 b = pk.addf(_np(lin[0].bias)) if lin else -1
                 row = [S4_BLOCK, H, act, norm, w, b, -1, -1, pk.addf(_np(layer.D)), cplx, n_state, N2]
                 self._s4_layers.append((layer, n_state, H, N2))
-                n_state += 2 * H * N2  # re plane then im plane
+                n_state += 2 * H * N2  # re plane then im plane, each (N/2, H)
             elif isinstance(layer, FFBlock):
                 lin1, lin2 = layer.ff[0][0], layer.ff[2]
                 row = [FF_BLOCK, H, 0, norm, pk.addf(_np(lin1.weight).T), pk.addf(_np(lin1.bias)),
@@ -167,7 +168,7 @@ class FastSaShiMi:
             out["up"][:, self.tiers[i, T_UBUF]: self.tiers[i, T_UBUF] + p * H] = _np(u[T - 1 - i][0]).reshape(B, -1)
         s4_states = [s for s in res_states if s is not None]
         for (_, off, H, N2), s in zip(self._s4_layers, s4_states, strict=True):
-            s = _np(s).reshape(B, -1)
+            s = _np(s).transpose(0, 2, 1).reshape(B, -1)  # (B, H, N/2) -> (B, N/2 * H)
             out["ssm"][:, off: off + H * N2] = s.real
             out["ssm"][:, off + H * N2: off + 2 * H * N2] = s.imag
         return out
@@ -299,42 +300,50 @@ def _gelu(v):
 
 @njit(cache=True, fastmath=True)
 def _ssm_step(z, row, wf, ssm, act):
-    """Bilinear S4 step on (B, H) inputs, real arithmetic on (re, im) planes; writes GELU(y + D u) to act."""
+    """Bilinear S4 step on (B, H) inputs, real arithmetic on (re, im) planes; writes GELU(y + D u) to act.
+
+    Planes and state are (N/2, H) with channels innermost, so each pass is a vector loop over channels and
+    the per-channel sums over modes (a, r, y) accumulate in vectors, in mode order."""
     B = z.shape[0]
     H, N2, c0, s0 = row[H_], row[N2F], row[CPLX], row[STATE]
     HN = H * N2
-    pl = wf[c0: c0 + 12 * HN].reshape(12, H, N2)  # Dinv, E, 2B, P, R, 2dC as (re, im) planes
+    pl = wf[c0: c0 + 12 * HN].reshape(12, N2, H)  # Dinv, E, 2B, P, R, 2dC as (re, im) planes
     D = wf[row[DSKIP]: row[DSKIP] + H]
+    a = np.empty(H, np.float32)
+    r = np.empty(H, np.float32)
+    y = np.empty(H, np.float32)
     for b in range(B):
-        st = ssm[b, s0: s0 + 2 * HN].reshape(2, H, N2)
+        s = ssm[b, s0: s0 + 2 * HN].reshape(2, N2, H)
+        u = z[b]
         for h in range(H):
-            s_re, s_im = st[0, h], st[1, h]
-            Di_re, Di_im, E_re, E_im = pl[0, h], pl[1, h], pl[2, h], pl[3, h]
-            B_re, B_im, P_re, P_im = pl[4, h], pl[5, h], pl[6, h], pl[7, h]
-            R_re, R_im, C_re, C_im = pl[8, h], pl[9, h], pl[10, h], pl[11, h]
-            u = z[b, h]
-            a = 0.0
-            for n in range(N2):  # 2 Re <conj P, s>
-                a += P_re[n] * s_re[n] + P_im[n] * s_im[n]
-            a *= 2.0
-            r = 0.0
-            for n in range(N2):  # t = E s + 2B u - P a;  r = 2 Re <R, t>
-                tr = E_re[n] * s_re[n] - E_im[n] * s_im[n] + B_re[n] * u - P_re[n] * a
-                ti = E_re[n] * s_im[n] + E_im[n] * s_re[n] + B_im[n] * u - P_im[n] * a
-                s_re[n] = tr
-                s_im[n] = ti
-                r += R_re[n] * tr - R_im[n] * ti
-            r *= 2.0
-            y = 0.0
-            for n in range(N2):  # s' = Dinv (t - P r);  y = 2 Re <dC, s'>
-                wr = s_re[n] - P_re[n] * r
-                wi = s_im[n] - P_im[n] * r
-                nr = Di_re[n] * wr - Di_im[n] * wi
-                ni = Di_re[n] * wi + Di_im[n] * wr
-                s_re[n] = nr
-                s_im[n] = ni
-                y += C_re[n] * nr - C_im[n] * ni
-            act[b, h] = _gelu(y + D[h] * u)
+            a[h] = 0.0
+            r[h] = 0.0
+            y[h] = 0.0
+        for n in range(N2):  # a = 2 Re <conj P, s>
+            for h in range(H):
+                a[h] += pl[6, n, h] * s[0, n, h] + pl[7, n, h] * s[1, n, h]
+        for h in range(H):
+            a[h] *= 2.0
+        for n in range(N2):  # t = E s + 2B u - P a;  r = 2 Re <R, t>
+            for h in range(H):
+                tr = pl[2, n, h] * s[0, n, h] - pl[3, n, h] * s[1, n, h] + pl[4, n, h] * u[h] - pl[6, n, h] * a[h]
+                ti = pl[2, n, h] * s[1, n, h] + pl[3, n, h] * s[0, n, h] + pl[5, n, h] * u[h] - pl[7, n, h] * a[h]
+                s[0, n, h] = tr
+                s[1, n, h] = ti
+                r[h] += pl[8, n, h] * tr - pl[9, n, h] * ti
+        for h in range(H):
+            r[h] *= 2.0
+        for n in range(N2):  # s' = Dinv (t - P r);  y = 2 Re <dC, s'>
+            for h in range(H):
+                wr = s[0, n, h] - pl[6, n, h] * r[h]
+                wi = s[1, n, h] - pl[7, n, h] * r[h]
+                nr = pl[0, n, h] * wr - pl[1, n, h] * wi
+                ni = pl[0, n, h] * wi + pl[1, n, h] * wr
+                s[0, n, h] = nr
+                s[1, n, h] = ni
+                y[h] += pl[10, n, h] * nr - pl[11, n, h] * ni
+        for h in range(H):
+            act[b, h] = _gelu(y[h] + D[h] * u[h])
 
 
 @njit(cache=True)
