@@ -104,6 +104,30 @@ def test_naive_matches_direct(conj, dtype):
     assert out.dtype == dtype and err < _tol(dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("conj", [False, True])
+@pytest.mark.parametrize("v_shape,w_shape,L", SHAPES)
+def test_numba_matches_direct(v_shape, w_shape, L, conj, dtype):
+    """The default CPU backend: forward and both gradients (w shared across leading rows of v, as in S4)."""
+    v, z, w, _ = _inputs(v_shape, w_shape, L, dtype, generic_z=True, seed=3)
+    v.requires_grad_(True)
+    w.requires_grad_(True)
+    out = cauchy(v, z, w, backend="numba", conj=conj)
+    ref = cauchy_direct(v.detach().to(torch.complex128).requires_grad_(True), z.to(torch.complex128),
+                        w.detach().to(torch.complex128).expand(v.shape).requires_grad_(True), conj)
+    assert out.shape == v.shape[:-1] + (L,) and out.dtype == dtype
+    assert _rel(out.detach(), ref.detach()) < _tol(dtype)
+    g = torch.randn(out.shape, dtype=torch.complex128, generator=torch.Generator().manual_seed(4))
+    grads = torch.autograd.grad(out, (v, w), g.to(dtype))
+    v64 = v.detach().to(torch.complex128).requires_grad_(True)
+    w64 = w.detach().to(torch.complex128).requires_grad_(True)
+    refs = torch.autograd.grad(cauchy_direct(v64, z.to(torch.complex128), w64.expand(v.shape), conj), (v64, w64), g)
+    for name, a, b in zip("vw", grads, refs, strict=True):
+        err = _rel(a, b)
+        print(f"numba grad {name} {v_shape} conj={conj} {dtype}: rel max diff {err:.2e}")
+        assert a.shape == b.shape and err < _tol(dtype)
+
+
 def test_unknown_backend():
     v, z, w, _ = _inputs((4,), (4,), 5, torch.complex64)
     with pytest.raises(ValueError, match="unknown Cauchy backend"):
