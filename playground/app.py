@@ -36,6 +36,7 @@ def build_app(settings: services.Settings | None = None) -> gr.Blocks:
     """The playground as gr.Blocks (queue configured, not launched)."""
     settings = settings or services.Settings.create()
     services.start_cleaner(settings)
+    services.start_warmup(settings)
     with gr.Blocks(title="SaShiMi playground", analytics_enabled=False,
                    delete_cache=(600, int(settings.output_max_age_s))) as demo:
         gr.Markdown(INTRO + ("\n\n*Public mode: shorter clips, fewer samples, training off.*"

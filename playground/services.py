@@ -306,6 +306,38 @@ def start_cleaner(settings: Settings, interval_s: float = 300.0) -> None:
     threading.Thread(target=loop, name="sashimi-output-cleaner", daemon=True).start()
 
 
+_WARMED: set[str] = set()
+
+
+def start_warmup(settings: Settings) -> threading.Thread | None:
+    """Compile the generation engine in the background (once per process): the numba step engine and the
+    Cauchy kernels compile on first use (~25 s in a fresh checkout, cached on disk after), so without this the
+    first Generate click of a new install would wait for it. Loads the first SaShiMi model into the cache and
+    reads a short prompt + samples a few steps with it. Off with SASHIMI_NO_WARMUP=1."""
+    if os.environ.get("SASHIMI_NO_WARMUP"):
+        return None
+    cards = [c for c in list_models(settings) if c["architecture"] == "sashimi"]
+    if not cards:
+        return None
+    path = cards[0]["checkpoint"]
+    with _CLEANER_LOCK:
+        if path in _WARMED:
+            return None
+        _WARMED.add(path)
+
+    def warm():
+        t0 = time.time()
+        try:
+            _sample_impl(path, 32, np.zeros(64, np.float32), 1, 1.0, 1.0, 0, None, None)
+            log.info("generation engine ready (%s, %.1f s)", cards[0]["id"], time.time() - t0)
+        except Exception:  # noqa: BLE001 - a failed warm-up only means the first request compiles
+            log.exception("warming up the generation engine failed")
+
+    thread = threading.Thread(target=warm, name="sashimi-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
 def result_file(results: dict | None, index: int, files, key: str = "wav") -> Path:
     """The file `key` ("wav" or "params") of sample `index` of a generate_clips answer, looked up by name
     in `files` (the answer's file list as the client holds it: our output folder, or Gradio's cache for
@@ -345,9 +377,8 @@ def _gpu(fn):
     return spaces.GPU(fn)
 
 
-@_gpu
-def _sample(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: int, temperature: float,
-            top_p: float, seed: int | None, progress, stop):
+def _sample_impl(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: int, temperature: float,
+                 top_p: float, seed: int | None, progress, stop):
     """Load (cached) and sample: returns (audio (k, T+n) float32 numpy, stats, prompt NLL bits or None)."""
     import torch
 
@@ -363,6 +394,9 @@ def _sample(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: int, 
     out, stats = generate(model, n_steps, prompt=tokens, n_samples=n_samples, temperature=temperature,
                           top_p=top_p, seed=seed, progress=progress, stop=stop, return_stats=True)
     return decode(out.cpu(), q).numpy(), stats, prompt_nll
+
+
+_sample = _gpu(_sample_impl)
 
 
 def _nll_bits(model, tokens) -> float:

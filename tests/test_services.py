@@ -460,3 +460,22 @@ def test_real_training_start_stop_resume(settings, tmp_path):
         _wait(lambda: jobs.run_status(run)["state"] == "stopped", 180, "status stopped after resume")
     finally:
         jobs.terminate(run)
+
+
+# ---------------------------------------------------------------------------------------------- warm-up
+def test_warmup_loads_and_compiles_once_in_the_background(settings, monkeypatch):
+    monkeypatch.delenv("SASHIMI_NO_WARMUP", raising=False)
+    monkeypatch.setattr(services, "_WARMED", set())
+    card = [c for c in services.list_models(settings) if c["architecture"] == "sashimi"][0]
+    services.MODELS.forget(card["checkpoint"])
+    thread = services.start_warmup(settings)
+    assert thread is not None and thread.daemon
+    thread.join(300)
+    assert not thread.is_alive()
+    weights = Path(card["checkpoint"]) / "model.safetensors"
+    assert any(k[0] == str(Path(card["checkpoint"]).resolve()) and k[2] == weights.stat().st_mtime_ns
+               for k in services.MODELS._models)  # the first model is loaded and cached
+    assert services.start_warmup(settings) is None  # once per process
+    monkeypatch.setattr(services, "_WARMED", set())
+    monkeypatch.setenv("SASHIMI_NO_WARMUP", "1")
+    assert services.start_warmup(settings) is None
