@@ -2,6 +2,7 @@
 built by the real builder (real generation, real WAVs, real SQLite), and a rater that plays and rates."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -65,3 +66,14 @@ def rate_everything(root: Path, code: str, score_fn, rater_id: str | None = None
         scores = {s["id"]: score_fn(screen.clip_id, s["id"]) for s in screen.scales}
         screen = session.rate(root, code, screen.rater_id, screen.clip_id, scores)
     return screen.rater_id
+
+
+def run_concurrently(target, args: list) -> float:
+    """Start one thread per item of args (target(item)), wait for all; returns the wall time in seconds."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=target, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0

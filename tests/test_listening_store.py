@@ -10,7 +10,7 @@ import time
 
 import pytest
 import soundfile as sf
-from listening_helpers import MODEL_NAMES, REAL_PREFIX, build_tiny, make_checkpoints, make_real_folder
+from listening_helpers import MODEL_NAMES, REAL_PREFIX, build_tiny, make_checkpoints, make_real_folder, run_concurrently
 
 from playground.listening import catalog, session
 from playground.listening.__main__ import main as cli
@@ -87,13 +87,7 @@ def test_30_concurrent_raters_lose_nothing(tmp_path):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=rater, args=(r,)) for r in range(30)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_concurrently(rater, list(range(30)))
     latencies.sort()
     print(f"30 raters x 20 ratings: {wall:.2f} s wall, {1200 / wall:.0f} write transactions/s, rating latency "
           f"median {1e3 * latencies[300]:.1f} ms, p99 {1e3 * latencies[594]:.1f} ms, max {1e3 * latencies[-1]:.1f} ms")
@@ -293,13 +287,7 @@ def test_30_concurrent_raters_through_the_session_api(tmp_path):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=rater, args=(r,)) for r in range(30)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_concurrently(rater, list(range(30)))
     print(f"30 raters x 20 clips through session.join/played/rate: {wall:.2f} s wall, {600 / wall:.0f} ratings/s")
     assert errors == []
     store = RatingStore(folder / catalog.DB)

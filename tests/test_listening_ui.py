@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 import pytest
-from listening_helpers import MODEL_NAMES, REAL_PREFIX, build_tiny, make_checkpoints
+from listening_helpers import MODEL_NAMES, REAL_PREFIX, build_tiny, make_checkpoints, run_concurrently
 
 from app_helpers import LaunchedApp
 from playground.listening import catalog
@@ -138,13 +138,7 @@ def test_30_raters_over_http_lose_nothing(app, tmp_path):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=rater, args=(c,)) for c in clients]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_concurrently(rater, clients)
     latencies.sort()
     print(f"30 HTTP raters x 20 clips: {wall:.1f} s wall, {600 / wall:.1f} ratings/s, /rate latency median "
           f"{1e3 * latencies[len(latencies) // 2]:.0f} ms, p95 {1e3 * latencies[int(0.95 * len(latencies))]:.0f} ms")
