@@ -10,6 +10,8 @@ import sys
 
 COMMANDS = {  # command -> (module, one-line help)
     "kernel": ("bench.kernel", "S4 kernel: chunked vs naive Cauchy backends, time and peak memory"),
+    "generate": ("bench.generate", "generation speed: the fast step engine vs the plain torch step loop"),
+    "train": ("bench.train", "training throughput and peak memory of one optimiser step"),
     "table": ("bench.table", "paper table: every system trained for one wall-clock budget, then scored"),
 }
 

@@ -23,19 +23,21 @@ TARGETS = {"sashimi-2_b1": 16000, "sashimi-8_b1": 4000, "sashimi-8_b16": 32000}
 REAL_TIME = 16000
 
 
-def run_case(preset: str, batch: int, engine: str, steps: int, threads: int, seed: int = 0) -> dict:
+def run_case(preset: str, batch: int, engine: str, steps: int, threads: int, seed: int = 0,
+             device: str = "cpu") -> dict:
     """Child process: build the preset (random init), warm up (compile), then time generate()."""
     torch.set_num_threads(threads)
     from sashimi_core import PRESETS, SaShiMi, generate
 
     torch.manual_seed(seed)
-    model = SaShiMi(PRESETS[preset]).eval()
+    model = SaShiMi(PRESETS[preset]).to(device).eval()
     generate(model, 64, n_samples=batch, seed=seed, engine=engine, threads=threads)  # compile / warm up
-    baseline = common.reset_peak("cpu")
+    baseline = common.reset_peak(device)
     t0 = time.perf_counter()
     generate(model, steps, n_samples=batch, seed=seed, engine=engine, threads=threads)
+    common.sync(device)
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "steps": steps, "samples_per_s": batch * steps / dt, "peak_bytes": common.read_peak("cpu"),
+    return {"seconds": dt, "steps": steps, "samples_per_s": batch * steps / dt, "peak_bytes": common.read_peak(device),
             "baseline_bytes": baseline, "torch_threads": torch.get_num_threads()}
 
 
@@ -46,18 +48,25 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="audio seconds generated per fast case")
     p.add_argument("--torch-steps", type=int, default=128, help="steps for the (slow) torch step loop")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu", help="cpu, or cuda[:i]: the torch step loop on the GPU (the fast "
+                   "engine is CPU-only)")
     p.add_argument("--quick", action="store_true", help="sashimi-2 only, batch 1 and 16, 0.5 s")
     p.add_argument("--out")
     args = p.parse_args(argv)
     presets, batches = args.presets.split(","), [int(b) for b in args.batches.split(",")]
     if args.quick:
         presets, batches, args.seconds = ["sashimi-2"], [1, 16], 0.5
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda requested but torch.cuda.is_available() is False")
+    engines = [("fast", int(args.seconds * REAL_TIME)), ("torch", args.torch_steps)]
+    if args.device != "cpu":
+        engines = [("torch", int(args.seconds * REAL_TIME))]
     rows = []
     for preset in presets:
         for batch in batches:
-            for engine, steps in (("fast", int(args.seconds * REAL_TIME)), ("torch", args.torch_steps)):
+            for engine, steps in engines:
                 res = common.run_isolated(run_case, timeout_s=900, preset=preset, batch=batch, engine=engine,
-                                          steps=steps, threads=args.threads)
+                                          steps=steps, threads=args.threads, device=args.device)
                 row = {"preset": preset, "batch": batch, "engine": engine}
                 if res["ok"]:
                     r = res["result"]
@@ -78,7 +87,7 @@ def main(argv=None) -> int:
             if key in TARGETS:
                 row["target"] = TARGETS[key]
                 row["meets_target"] = row["samples_per_s"] >= TARGETS[key]
-    data = {"benchmark": NAME, "env": common.env_record("cpu"), "threads": args.threads, "rows": rows,
+    data = {"benchmark": NAME, "env": common.env_record(args.device), "threads": args.threads, "rows": rows,
             "reference_samples_per_s": REFERENCE, "targets": TARGETS}
     path = common.write_json(NAME, data, args.out)
     cols = ["preset", "batch", "engine", "samples_per_s", "real_time_x", "speedup_vs_torch_step", "target",

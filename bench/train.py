@@ -20,29 +20,34 @@ REFERENCE = {"samples_per_s": 136, "peak_rss_gb": 11.2, "preset": "sashimi-sc09 
 TARGET = {"samples_per_s": 1360, "peak_rss_gb": 2.8}
 
 
-def run_case(preset: str, batch: int, length: int, backend: str, threads: int, repeats: int, seed: int = 0) -> dict:
-    """Child process: time `repeats` optimiser steps after one warm-up step."""
+def run_case(preset: str, batch: int, length: int, backend: str, threads: int, repeats: int, seed: int = 0,
+             device: str = "cpu") -> dict:
+    """Child process: time `repeats` optimiser steps after one warm-up step (bf16 autocast on CUDA, as the
+    trainer)."""
     torch.set_num_threads(threads)
     from sashimi_core import PRESETS, SaShiMi
     from sashimi_core.s4 import S4Kernel
 
     torch.manual_seed(seed)
-    model = SaShiMi(PRESETS[preset])
+    model = SaShiMi(PRESETS[preset]).to(device)
     for m in model.modules():
         if isinstance(m, S4Kernel):
             m.cauchy_backend = backend
-    tokens = torch.randint(0, 256, (batch, length))
+    tokens = torch.randint(0, 256, (batch, length), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    amp = device.startswith("cuda")
 
     def step():
-        loss = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(tokens)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    baseline = common.reset_peak("cpu")
-    timing = common.time_fn(step, "cpu", repeats=repeats, warmup=1)
-    return {**timing, "samples_per_s": batch * length / timing["median_s"], "peak_bytes": common.read_peak("cpu"),
+    baseline = common.reset_peak(device)
+    timing = common.time_fn(step, device, repeats=repeats, warmup=1)
+    return {**timing, "samples_per_s": batch * length / timing["median_s"], "peak_bytes": common.read_peak(device),
             "baseline_bytes": baseline, "torch_threads": torch.get_num_threads(),
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -52,15 +57,19 @@ def main(argv=None) -> int:
     p.add_argument("--presets", default="sashimi-8,sashimi-sc09,sashimi-2")
     p.add_argument("--lengths", default="16000")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--backends", default="numba,torch")
+    p.add_argument("--backends", default=None, help="Cauchy backends (default numba,torch on CPU)")
     p.add_argument("--naive", action="store_true", help="also time the materialising (reference) backend")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (on CUDA the default backends are triton,torch)")
     p.add_argument("--quick", action="store_true", help="sashimi-2 only, L=4000, 1 repeat")
     p.add_argument("--out")
     args = p.parse_args(argv)
     presets, lengths = args.presets.split(","), [int(x) for x in args.lengths.split(",")]
-    backends = args.backends.split(",") + (["naive"] if args.naive else [])
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda requested but torch.cuda.is_available() is False")
+    default = "triton,torch" if args.device.startswith("cuda") else "numba,torch"
+    backends = (args.backends or default).split(",") + (["naive"] if args.naive else [])
     if args.quick:
         presets, lengths, args.repeats = ["sashimi-2"], [4000], 1
     rows = []
@@ -68,7 +77,8 @@ def main(argv=None) -> int:
         for L in lengths:
             for backend in backends:
                 res = common.run_isolated(run_case, timeout_s=3600, preset=preset, batch=args.batch, length=L,
-                                          backend=backend, threads=args.threads, repeats=args.repeats)
+                                          backend=backend, threads=args.threads, repeats=args.repeats,
+                                          device=args.device)
                 row = {"preset": preset, "B": args.batch, "L": L, "cauchy": backend}
                 if res["ok"]:
                     r = res["result"]
@@ -80,7 +90,7 @@ def main(argv=None) -> int:
                     row["error"] = res["error"]
                 rows.append(row)
                 print(row, file=sys.stderr, flush=True)
-    data = {"benchmark": NAME, "env": common.env_record("cpu"), "rows": rows, "reference": REFERENCE,
+    data = {"benchmark": NAME, "env": common.env_record(args.device), "rows": rows, "reference": REFERENCE,
             "target": TARGET}
     path = common.write_json(NAME, data, args.out)
     print(common.markdown_table(rows, ["preset", "params", "B", "L", "cauchy", "step_s", "samples_per_s",
