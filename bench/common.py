@@ -92,6 +92,12 @@ def available_memory(device: str = "cpu") -> int:
 
 
 # ---- timing -----------------------------------------------------------------------------------------
+def check_device(parser, device: str) -> None:
+    """parser.error (exit 2, usage shown) when a CUDA device is asked for and none is available."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda requested but torch.cuda.is_available() is False")
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize(torch.device(device))

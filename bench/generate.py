@@ -56,8 +56,7 @@ def main(argv=None) -> int:
     presets, batches = args.presets.split(","), [int(b) for b in args.batches.split(",")]
     if args.quick:
         presets, batches, args.seconds = ["sashimi-2"], [1, 16], 0.5
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda requested but torch.cuda.is_available() is False")
+    common.check_device(p, args.device)
     engines = [("fast", int(args.seconds * REAL_TIME)), ("torch", args.torch_steps)]
     if args.device != "cpu":
         engines = [("torch", int(args.seconds * REAL_TIME))]

@@ -80,8 +80,7 @@ def _parse(argv):
     args = p.parse_args(argv)
     if args.quick:
         args.L, args.repeats = [16000], 1
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda requested but torch.cuda.is_available() is False")
+    common.check_device(p, args.device)
     if args.backend is None:
         args.backend = ((["triton"] if args.device.startswith("cuda") else ["numba"]) + ["torch", "naive"])
     args.backend = [b for arg in args.backend for b in arg.split(",")]

@@ -66,8 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     args = p.parse_args(argv)
     presets, lengths = args.presets.split(","), [int(x) for x in args.lengths.split(",")]
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda requested but torch.cuda.is_available() is False")
+    common.check_device(p, args.device)
     default = "triton,torch" if args.device.startswith("cuda") else "numba,torch"
     backends = (args.backends or default).split(",") + (["naive"] if args.naive else [])
     if args.quick:

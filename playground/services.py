@@ -240,8 +240,9 @@ MODELS = ModelCache()
 SESSIONS = SessionGuard()
 _THROUGHPUT: dict[str, float] = {}  # checkpoint folder -> last measured sampling speed (samples/s, all streams)
 _THROUGHPUT_LOCK = threading.Lock()
-_CLEANER_LOCK = threading.Lock()
-_CLEANERS: set[str] = set()
+_STARTED_LOCK = threading.Lock()
+_CLEANERS: set[str] = set()  # output folders with a cleaner thread
+_WARMED: set[str] = set()  # checkpoints warmed up
 
 
 def request_stop(session: str) -> bool:
@@ -287,13 +288,20 @@ def cleanup_outputs(settings: Settings, max_age_s: float | None = None) -> int:
     return n
 
 
+def _first_time(started: set, key: str) -> bool:
+    """True exactly once per key and registry (thread-safe): for background threads started once per process."""
+    with _STARTED_LOCK:
+        if key in started:
+            return False
+        started.add(key)
+        return True
+
+
 def start_cleaner(settings: Settings, interval_s: float = 300.0) -> None:
     """Start (once per output folder) a daemon thread that runs cleanup_outputs every interval_s."""
     key = str(Path(settings.output_dir).resolve())
-    with _CLEANER_LOCK:
-        if key in _CLEANERS:
-            return
-        _CLEANERS.add(key)
+    if not _first_time(_CLEANERS, key):
+        return
 
     def loop():
         while True:
@@ -304,9 +312,6 @@ def start_cleaner(settings: Settings, interval_s: float = 300.0) -> None:
             time.sleep(interval_s)
 
     threading.Thread(target=loop, name="sashimi-output-cleaner", daemon=True).start()
-
-
-_WARMED: set[str] = set()
 
 
 def start_warmup(settings: Settings) -> threading.Thread | None:
@@ -320,10 +325,8 @@ def start_warmup(settings: Settings) -> threading.Thread | None:
     if not cards:
         return None
     path = cards[0]["checkpoint"]
-    with _CLEANER_LOCK:
-        if path in _WARMED:
-            return None
-        _WARMED.add(path)
+    if not _first_time(_WARMED, path):
+        return None
 
     def warm():
         t0 = time.time()

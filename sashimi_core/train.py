@@ -154,21 +154,20 @@ def model_fields(cfg: TrainConfig) -> tuple[str, dict]:
     return architecture, fields
 
 
-def warm_start(model: torch.nn.Module, directory: str, architecture: str, fields: dict) -> None:
+def warm_start(model: torch.nn.Module, directory: str) -> None:
     """Copy the weights of checkpoint `directory` into model (a new run's step 0); the configs must agree."""
-    from sashimi_core.checkpoint import load_model, read_config
+    from sashimi_core.checkpoint import load_model
 
-    saved = read_config(directory)
-    if saved["architecture"] != architecture:
-        raise ValueError(f"--init-from {directory}: it holds a {saved['architecture']} model, this run trains "
-                         f"{architecture}")
-    differ = sorted(k for k, v in saved["config"].items() if k in fields and
-                    (list(v) if isinstance(v, (list, tuple)) else v) !=
-                    (list(fields[k]) if isinstance(fields[k], (list, tuple)) else fields[k]))
+    source = load_model(directory)
+    if source.cfg.architecture != model.cfg.architecture:
+        raise ValueError(f"--init-from {directory}: it holds a {source.cfg.architecture} model, this run trains "
+                         f"{model.cfg.architecture}")
+    differ = [f.name for f in dataclasses.fields(model.cfg)
+              if getattr(source.cfg, f.name) != getattr(model.cfg, f.name)]
     if differ:
         raise ValueError(f"--init-from {directory}: its model config differs from this run's in {differ}; "
                          f"pick the preset/overrides it was trained with")
-    model.load_state_dict(load_model(directory).state_dict())
+    model.load_state_dict(source.state_dict())
     log.info("warm start from %s", directory)
 
 
@@ -330,7 +329,7 @@ def train(cfg: TrainConfig) -> dict:
         torch.manual_seed(cfg.seed)
         model = build_model(architecture, fields, f"--preset {cfg.preset}").to(device)
         if cfg.init_from and state_dir is None:
-            warm_start(model, cfg.init_from, architecture, fields)
+            warm_start(model, cfg.init_from)
         opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
         if state_dir is not None:
             run = load_state(state_dir, model, opt)
