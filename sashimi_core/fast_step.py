@@ -1,10 +1,11 @@
 """Fast exact step mode for SaShiMi on CPU: the whole stack compiled with numba, sampling included.
 
 The torch step path (`SaShiMi.step`) launches hundreds of small tensor ops per audio sample, so Python and
-dispatch overhead dominate (~100 samples/s). Here the weights are packed once into flat arrays (float32
-weights, complex64 discrete SSM matrices computed in float64 by `S4Kernel.step_params`) and one numba
-function runs a chunk of steps: embedding, pooling tiers (a tier only runs when its block completes),
-S4 recurrences (the same Woodbury bilinear step as s4.py), FF blocks, head, then temperature/top-p sampling
+dispatch overhead dominate (~100 samples/s). Here the weights are packed once into a flat float32 array
+(the discrete SSM quantities computed in float64 by `S4Kernel.step_params`, fused by `fused_step_params`)
+and one numba function runs a chunk of steps: embedding, pooling tiers (a tier only runs when its block
+completes), S4 recurrences (the Woodbury bilinear step of s4.py, algebraically fused into two passes over
+the state), FF blocks, head, then temperature/top-p sampling
 with a per-row counter-based RNG. Logits equal the torch step path to float32 rounding (tested to 1e-4).
 
 numba ships LLVM in its wheel (it is already a librosa dependency), so no system compiler is needed.
@@ -29,7 +30,7 @@ except ImportError:  # pragma: no cover - numba comes with librosa
         return (lambda f: f) if not (args and callable(args[0])) else args[0]
 
 # Block table columns (one row per residual block, in execution order)
-KIND, H_, ACT, NORM, W1, B1, W2, B2, DSKIP, CPLX, STATE, N2F = range(12)
+KIND, H_, ACT, NORM, W1, B1, W2, B2, DSKIP, CPLX, STATE, N2F, BETA = range(13)
 S4_BLOCK, FF_BLOCK = 0, 1
 ACT_NONE, ACT_ID, ACT_GLU = 0, 1, 2
 # Tier table columns (tier i = after i DownPools)
@@ -66,6 +67,28 @@ class _Packer:
         return f, c
 
 
+def fused_step_params(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`S4Kernel.step_params` (complex128) -> (planes (5, H, N/2) complex, beta (H,) real), float64.
+
+    The Woodbury step  t = E s + B2 u - P a,  a = 2Re<conj P, s>;  s' = Dinv (t - P r),  r = 2Re<R, t>
+    has one left vector P for both rank-1 corrections, so  a + r = 2Re<w, s> + beta u  with
+    w = (1 - rho) conj P + R E,  rho = 2Re<R, P>,  beta = 2Re<R, B2>, and the step becomes
+        g = Re<W, s> + beta u,   s' = Ê s + B̂ u - P̂ g,   y = Re<dC2, s'>
+    with W = 2w, Ê = Dinv E, B̂ = Dinv B2, P̂ = Dinv P: the same exact step in two passes over the state
+    and 10 real planes (the three-pass form reads 16 plane values per mode)."""
+    Dinv, E, B2 = p["Dinv"], p["E"], p["B2"]
+    if "P" in p:
+        P, R = p["P"], p["R"]
+        rho = 2 * (R * P).sum(-1, keepdim=True).real
+        W = 2 * ((1 - rho) * P.conj() + R * E)
+        beta = 2 * (R * B2).sum(-1).real
+        P_hat = Dinv * P
+    else:  # diagonal S4: no low-rank correction
+        W, P_hat = torch.zeros_like(E), torch.zeros_like(E)
+        beta = torch.zeros(E.shape[0], dtype=torch.float64)
+    return torch.stack([W, Dinv * E, Dinv * B2, P_hat, p["dC2"]]), beta
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
@@ -92,24 +115,23 @@ class FastSaShiMi:
             H = res.norm.weight.numel()
             norm = pk.addf(np.stack([_np(res.norm.weight), _np(res.norm.bias)]))
             if isinstance(layer, S4Block):
-                p = layer.kernel.step_params()
+                planes, beta = fused_step_params(layer.kernel.step_params(torch.complex128))
                 N2 = layer.kernel.N2
-                zeros = torch.zeros_like(p["E"])
-                planes = torch.stack([p["Dinv"], p["E"], p["B2"], p.get("P", zeros), p.get("R", zeros), p["dC2"]])
-                # 12 float32 planes (re, im of each), each (N/2, H), channels innermost: the step's loops then run
+                # 10 float32 planes (re, im of each), each (N/2, H), channels innermost: the step's loops then run
                 # over channels with no horizontal sums (real arithmetic vectorises, complex does not)
                 cplx = pk.addf(torch.stack([planes.real, planes.imag], 1).transpose(-1, -2).numpy())
                 lin = [m for m in layer.output_linear.modules() if isinstance(m, torch.nn.Linear)]
                 act = ACT_NONE if not lin else (ACT_GLU if lin[0].out_features == 2 * H else ACT_ID)
                 w = pk.addf(_np(lin[0].weight).T) if lin else -1
                 b = pk.addf(_np(lin[0].bias)) if lin else -1
-                row = [S4_BLOCK, H, act, norm, w, b, -1, -1, pk.addf(_np(layer.D)), cplx, n_state, N2]
+                row = [S4_BLOCK, H, act, norm, w, b, -1, -1, pk.addf(_np(layer.D)), cplx, n_state, N2,
+                       pk.addf(beta.numpy())]
                 self._s4_layers.append((layer, n_state, H, N2))
                 n_state += 2 * H * N2  # re plane then im plane, each (N/2, H)
             elif isinstance(layer, FFBlock):
                 lin1, lin2 = layer.ff[0][0], layer.ff[2]
                 row = [FF_BLOCK, H, 0, norm, pk.addf(_np(lin1.weight).T), pk.addf(_np(lin1.bias)),
-                       pk.addf(_np(lin2.weight).T), pk.addf(_np(lin2.bias)), -1, -1, -1, lin1.out_features]
+                       pk.addf(_np(lin2.weight).T), pk.addf(_np(lin2.bias)), -1, -1, -1, lin1.out_features, -1]
             else:
                 raise ValueError(f"unsupported block {type(layer).__name__}")
             blocks.append(row)
@@ -134,7 +156,7 @@ class FastSaShiMi:
             n_dbuf += down.pool * H
             n_ubuf += down.pool * H
         self.n_tiers = T
-        self.tiers, self.blocks = tiers, np.array(blocks, dtype=np.int64).reshape(-1, 12)
+        self.tiers, self.blocks = tiers, np.array(blocks, dtype=np.int64).reshape(-1, 13)
         self.center = np.array([center_start, center_end], dtype=np.int64)
         self.n_state, self.n_dbuf, self.n_ubuf = n_state, max(n_dbuf, 1), max(n_ubuf, 1)
         self.embed = pk.addf(_np(model.embedding.weight))
@@ -300,48 +322,36 @@ def _gelu(v):
 
 @njit(cache=True, fastmath=True)
 def _ssm_step(z, row, wf, ssm, act):
-    """Bilinear S4 step on (B, H) inputs, real arithmetic on (re, im) planes; writes GELU(y + D u) to act.
+    """Bilinear S4 step on (B, H) inputs in the fused form of `fused_step_params`, real arithmetic on (re, im)
+    planes; writes GELU(y + D u) to act.
 
     Planes and state are (N/2, H) with channels innermost, so each pass is a vector loop over channels and
-    the per-channel sums over modes (a, r, y) accumulate in vectors, in mode order."""
+    the per-channel sums over modes (g, y) accumulate in vectors, in mode order."""
     B = z.shape[0]
     H, N2, c0, s0 = row[H_], row[N2F], row[CPLX], row[STATE]
     HN = H * N2
-    pl = wf[c0: c0 + 12 * HN].reshape(12, N2, H)  # Dinv, E, 2B, P, R, 2dC as (re, im) planes
+    pl = wf[c0: c0 + 10 * HN].reshape(10, N2, H)  # W, Ê, B̂, P̂, dC2 as (re, im) planes
     D = wf[row[DSKIP]: row[DSKIP] + H]
-    a = np.empty(H, np.float32)
-    r = np.empty(H, np.float32)
+    beta = wf[row[BETA]: row[BETA] + H]
+    g = np.empty(H, np.float32)
     y = np.empty(H, np.float32)
     for b in range(B):
         s = ssm[b, s0: s0 + 2 * HN].reshape(2, N2, H)
         u = z[b]
         for h in range(H):
-            a[h] = 0.0
-            r[h] = 0.0
+            g[h] = beta[h] * u[h]
             y[h] = 0.0
-        for n in range(N2):  # a = 2 Re <conj P, s>
+        for n in range(N2):  # g = Re<W, s> + beta u
             for h in range(H):
-                a[h] += pl[6, n, h] * s[0, n, h] + pl[7, n, h] * s[1, n, h]
-        for h in range(H):
-            a[h] *= 2.0
-        for n in range(N2):  # t = E s + 2B u - P a;  r = 2 Re <R, t>
+                g[h] += pl[0, n, h] * s[0, n, h] - pl[1, n, h] * s[1, n, h]
+        for n in range(N2):  # s' = Ê s + B̂ u - P̂ g;  y = Re<dC2, s'>
             for h in range(H):
-                tr = pl[2, n, h] * s[0, n, h] - pl[3, n, h] * s[1, n, h] + pl[4, n, h] * u[h] - pl[6, n, h] * a[h]
-                ti = pl[2, n, h] * s[1, n, h] + pl[3, n, h] * s[0, n, h] + pl[5, n, h] * u[h] - pl[7, n, h] * a[h]
-                s[0, n, h] = tr
-                s[1, n, h] = ti
-                r[h] += pl[8, n, h] * tr - pl[9, n, h] * ti
-        for h in range(H):
-            r[h] *= 2.0
-        for n in range(N2):  # s' = Dinv (t - P r);  y = 2 Re <dC, s'>
-            for h in range(H):
-                wr = s[0, n, h] - pl[6, n, h] * r[h]
-                wi = s[1, n, h] - pl[7, n, h] * r[h]
-                nr = pl[0, n, h] * wr - pl[1, n, h] * wi
-                ni = pl[0, n, h] * wi + pl[1, n, h] * wr
+                sr, si = s[0, n, h], s[1, n, h]
+                nr = pl[2, n, h] * sr - pl[3, n, h] * si + pl[4, n, h] * u[h] - pl[6, n, h] * g[h]
+                ni = pl[2, n, h] * si + pl[3, n, h] * sr + pl[5, n, h] * u[h] - pl[7, n, h] * g[h]
                 s[0, n, h] = nr
                 s[1, n, h] = ni
-                y[h] += pl[10, n, h] * nr - pl[11, n, h] * ni
+                y[h] += pl[8, n, h] * nr - pl[9, n, h] * ni
         for h in range(H):
             act[b, h] = _gelu(y[h] + D[h] * u[h])
 
