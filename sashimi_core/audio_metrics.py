@@ -200,7 +200,7 @@ def recognise_digits(audio, noise_floor: float = 3e-3) -> list[str | None]:
     Each clip is decoded as one utterance. White noise of RMS ``noise_floor`` (default -50 dBFS, the same
     seeded noise for every clip) is added first: the en-us acoustic model was trained on recordings and
     mistakes digital silence next to speech for the silence model (espeak-ng's "seven" then decodes as "one");
-    real sc09-synth clips already carry such a floor and score the same with or without it.
+    sc09-synth's recipe-1 clips carried a floor at that level and scored the same with or without it.
     ~0.02-0.1 s a clip on one CPU core."""
     x = np.asarray(audio, dtype=np.float32)
     x = x[None] if x.ndim == 1 else x

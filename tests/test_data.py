@@ -125,6 +125,28 @@ def test_other_seed_into_same_folder_is_refused(sc09_small):
         sc09_synth.build(sc09_small, seed=4, small=True, progress=False)
 
 
+def test_build_of_another_recipe_version_is_refused(tmp_path):
+    out = tmp_path / "old"
+    sc09_synth.build(out, clips=4, seed=0, workers=1, progress=False)
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["options"]["recipe"] == sc09_synth.RECIPE
+    del info["options"]["recipe"]  # as written before recipe versions existed: version 1
+    (out / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="recipe version 1 .* builds version 2"):
+        sc09_synth.build(out, clips=4, seed=0, workers=1, progress=False)
+
+
+def test_sc09_noise_floor_is_light(sc09_small):
+    """Recipe 2: the quietest 10-ms frames of a clip hold only the U(-80, -60) dBFS noise."""
+    floors = []
+    for r in manifest(sc09_small)[:40]:
+        audio, _ = sf.read(sc09_small / r["file"], dtype="float32")
+        frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
+        floors.append(20 * np.log10(np.sqrt((frames ** 2).mean(axis=1)).min() + 1e-12))
+    floors = np.array(floors)  # a clip filled with speech to its ends may have no noise-only frame
+    assert -78 < np.median(floors) < -62 and np.mean((floors > -85) & (floors < -58)) >= 0.9, floors
+
+
 def test_missing_tools_give_clear_message(tmp_path):
     empty = tmp_path / "empty-bin"
     empty.mkdir()

@@ -162,15 +162,20 @@ def split_summary(rows: Iterable[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def check_seed(out: str | os.PathLike, seed: int) -> None:
-    """ValueError if ``out`` already holds a build made with another seed (its files would be mixed up)."""
+def check_seed(out: str | os.PathLike, seed: int, recipe: int = 1) -> None:
+    """ValueError if ``out`` already holds a build made with another seed or another recipe version
+    (its files would be mixed up). Builds from before recipe versions existed count as recipe 1."""
     try:
-        old = json.loads((Path(out) / DATASET_JSON).read_text())["options"]["seed"]
-    except (OSError, ValueError, KeyError, TypeError):
+        options = json.loads((Path(out) / DATASET_JSON).read_text())["options"]
+        old_seed, old_recipe = options["seed"], options.get("recipe", 1)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
-    if old != seed:
-        raise ValueError(f"{out} was built with --seed {old}; re-run with --seed {old} to resume, "
+    if old_seed != seed:
+        raise ValueError(f"{out} was built with --seed {old_seed}; re-run with --seed {old_seed} to resume, "
                          f"or use a new --out for seed {seed}")
+    if old_recipe != recipe:
+        raise ValueError(f"{out} was built with recipe version {old_recipe} of this data set and this code "
+                         f"builds version {recipe}; delete {out} or use a new --out to build it afresh")
 
 
 def write_dataset_json(out: str | os.PathLike, name: str, clip_length: int, rows: Sequence[dict],

@@ -14,7 +14,8 @@ goes to that speaker's split. flite has only 4 speakers, so it gets 2/1/1 (any t
 gets at least one per split); it makes ~10% of the clips.
 
 Each clip: synthesise -> 16 kHz mono -> ``librosa.effects.trim`` (top_db=35) -> random placement in / crop
-to exactly 16000 samples -> peak level U(0.3, 0.9) -> white noise at U(-50, -35) dBFS RMS -> 16-bit WAV.
+to exactly 16000 samples -> peak level U(0.3, 0.9) -> white noise at U(-80, -60) dBFS RMS (``NOISE_DBFS``; recipe
+version 1 used U(-50, -35)) -> 16-bit WAV.
 All randomness comes from ``seed_for(seed, clip_index)``, so a build is deterministic for a given seed and
 the same installed voices (a different espeak-ng version may list other variants).
 
@@ -49,6 +50,10 @@ FLITE_FRACTION = 0.1
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_CLIPS = 20000
 SMALL_CLIPS = 300
+# Version 2 lowered the noise from U(-50, -35) to U(-80, -60) dBFS: under 8-bit mu-law the old noise cost
+# ~5 bits/sample in the ~60% of frames that hold no speech, which swamped what a model learns about speech.
+RECIPE = 2
+NOISE_DBFS = (-80.0, -60.0)
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ def postprocess(speech: np.ndarray, rng: np.random.Generator, length: int = CLIP
         clip = np.zeros(length, np.float32)
         clip[offset:offset + trimmed.size] = trimmed
     clip = clip * (rng.uniform(0.3, 0.9) / np.abs(clip).max())
-    noise_rms = 10 ** (rng.uniform(-50, -35) / 20)
+    noise_rms = 10 ** (rng.uniform(*NOISE_DBFS) / 20)
     clip = clip + rng.standard_normal(length) * noise_rms
     return np.clip(clip, -1.0, 1.0).astype(np.float32)
 
@@ -216,7 +221,7 @@ def build(out: str | os.PathLike, clips: int | None = None, seed: int = 0, worke
 
     versions = check_tools(tools)
     out = Path(out)
-    common.check_seed(out, seed)
+    common.check_seed(out, seed, RECIPE)
     out.mkdir(parents=True, exist_ok=True)
     common.remove_stale_temp_files(out)
     n = clips if clips is not None else (SMALL_CLIPS if small else DEFAULT_CLIPS)
@@ -238,7 +243,8 @@ def build(out: str | os.PathLike, clips: int | None = None, seed: int = 0, worke
     rows = [row(c) for c in todo if (out / c.file).exists()]
     common.prune_unlisted(out, {r["file"] for r in rows})
     common.write_manifest(out, rows, FIELDS)
-    options = {"clips": n, "seed": seed, "small": small, "tools": list(tools), "failed": len(errors)}
+    options = {"clips": n, "seed": seed, "recipe": RECIPE, "small": small, "tools": list(tools),
+               "failed": len(errors)}
     versions.update(common.python_versions("librosa", "soundfile", "numpy"))
     command = (f"python -m sashimi_core.data build sc09-synth --out {out} --clips {n} --seed {seed} "
                f"--tools {','.join(tools)}")
