@@ -21,7 +21,7 @@ TARGET = {"samples_per_s": 1360, "peak_rss_gb": 2.8}
 
 
 def run_case(preset: str, batch: int, length: int, backend: str, threads: int, repeats: int, seed: int = 0,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", recompute: bool = False) -> dict:
     """Child process: time `repeats` optimiser steps after one warm-up step (bf16 autocast on CUDA, as the
     trainer)."""
     torch.set_num_threads(threads)
@@ -30,6 +30,7 @@ def run_case(preset: str, batch: int, length: int, backend: str, threads: int, r
 
     torch.manual_seed(seed)
     model = SaShiMi(PRESETS[preset]).to(device)
+    model.backbone.checkpoint_activations = recompute  # the trainer's --checkpoint-activations
     for m in model.modules():
         if isinstance(m, S4Kernel):
             m.cauchy_backend = backend
@@ -59,6 +60,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--backends", default=None, help="Cauchy backends (default numba,torch on CPU)")
     p.add_argument("--naive", action="store_true", help="also time the materialising (reference) backend")
+    p.add_argument("--activations", default="keep",
+                   help="keep and/or recompute (activation checkpointing, trainer --checkpoint-activations), "
+                        "e.g. keep,recompute")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (on CUDA the default backends are triton,torch)")
@@ -71,29 +75,31 @@ def main(argv=None) -> int:
     backends = (args.backends or default).split(",") + (["naive"] if args.naive else [])
     if args.quick:
         presets, lengths, args.repeats = ["sashimi-2"], [4000], 1
+    activations = args.activations.split(",")
+    if not set(activations) <= {"keep", "recompute"}:
+        p.error(f"--activations takes keep and/or recompute, got {args.activations!r}")
     rows = []
-    for preset in presets:
-        for L in lengths:
-            for backend in backends:
-                res = common.run_isolated(run_case, timeout_s=3600, preset=preset, batch=args.batch, length=L,
-                                          backend=backend, threads=args.threads, repeats=args.repeats,
-                                          device=args.device)
-                row = {"preset": preset, "B": args.batch, "L": L, "cauchy": backend}
-                if res["ok"]:
-                    r = res["result"]
-                    row.update(params=r["params"], step_s=round(r["median_s"], 2),
-                               samples_per_s=round(r["samples_per_s"]), peak_rss_gb=common.fmt_gb(r["peak_bytes"]),
-                               vs_reference=round(r["samples_per_s"] / REFERENCE["samples_per_s"], 1),
-                               torch_threads=r["torch_threads"])
-                else:
-                    row["error"] = res["error"]
-                rows.append(row)
-                print(row, file=sys.stderr, flush=True)
+    cases = [(pr, L, b, a) for pr in presets for L in lengths for b in backends for a in activations]
+    for preset, L, backend, act in cases:
+        res = common.run_isolated(run_case, timeout_s=3600, preset=preset, batch=args.batch, length=L,
+                                  backend=backend, threads=args.threads, repeats=args.repeats,
+                                  device=args.device, recompute=act == "recompute")
+        row = {"preset": preset, "B": args.batch, "L": L, "cauchy": backend, "activations": act}
+        if res["ok"]:
+            r = res["result"]
+            row.update(params=r["params"], step_s=round(r["median_s"], 2),
+                       samples_per_s=round(r["samples_per_s"]), peak_rss_gb=common.fmt_gb(r["peak_bytes"]),
+                       vs_reference=round(r["samples_per_s"] / REFERENCE["samples_per_s"], 1),
+                       torch_threads=r["torch_threads"])
+        else:
+            row["error"] = res["error"]
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
     data = {"benchmark": NAME, "env": common.env_record(args.device), "rows": rows, "reference": REFERENCE,
             "target": TARGET}
     path = common.write_json(NAME, data, args.out)
-    print(common.markdown_table(rows, ["preset", "params", "B", "L", "cauchy", "step_s", "samples_per_s",
-                                       "vs_reference", "peak_rss_gb", "torch_threads"]))
+    print(common.markdown_table(rows, ["preset", "params", "B", "L", "cauchy", "activations", "step_s",
+                                       "samples_per_s", "vs_reference", "peak_rss_gb", "torch_threads"]))
     print(f"\nreference implementation (same machine kind): {REFERENCE['samples_per_s']} samples/s, "
           f"{REFERENCE['peak_rss_gb']} GB peak RSS ({REFERENCE['preset']}, B=1, L=16000); "
           f"target >= {TARGET['samples_per_s']} samples/s at <= {TARGET['peak_rss_gb']} GB")

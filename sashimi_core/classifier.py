@@ -21,6 +21,7 @@ installed librosa. Load with :func:`load_classifier`. Train with
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -285,9 +286,17 @@ def train(tc: TrainConfig, cfg: ClassifierConfig | None = None) -> dict:
               "best_epoch": best[2], "epochs": len(history), "train_seconds": round(train_seconds, 1),
               "threads": tc.threads, "n_train": len(y_train), "n_valid": len(splits["valid"][1]),
               "n_test": len(splits["test"][1]), "torch": torch.__version__, "history": history,
-              "dataset": Path(tc.data).name, "train_config": vars(tc).copy()}
+              "dataset": Path(tc.data).name, "dataset_recipe": _recipe(tc.data), "train_config": vars(tc).copy()}
     save_model_with_card(model, tc.out, result)
     return result
+
+
+def _recipe(root) -> int | None:
+    """The recipe version in a built data set's dataset.json (None for other folders)."""
+    try:
+        return int(json.loads((Path(root) / "dataset.json").read_text())["options"].get("recipe", 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def save_model_with_card(model: DigitClassifier, out, result: dict) -> Path:
@@ -302,6 +311,7 @@ def model_card(model: DigitClassifier, r: dict) -> str:
     """README.md text from a training result (plus optional "reference_metrics": {name: {metric: value}})."""
     n = sum(p.numel() for p in model.parameters())
     c = model.cfg
+    recipe = f" recipe {r['dataset_recipe']}" if r.get("dataset_recipe") else ""
     refs = ""
     if r.get("reference_metrics"):
         refs = ("\n## Reference metric values (real clips, `python -m sashimi_core.audio_metrics`)\n"
@@ -344,7 +354,7 @@ Log-mel ({c.n_mels} mels, {c.win_length / 16:.0f} ms window, {c.hop_length / 16:
 {list(c.channels)} ({c.convs_per_block} 3x3 convs each, the first with stride 2) -> global average pool -> linear.
 
 ## Training data
-`{r['dataset']}` (the offline SC09 stand-in built by `python -m sashimi_core.data build sc09-synth`:
+`{r['dataset']}`{recipe} (the offline SC09 stand-in built by `python -m sashimi_core.data build sc09-synth`:
 espeak-ng and flite voices, split by voice), train split ({r['n_train']:,} clips), augmented with random shift
 (+-150 ms), gain (-20..+3 dB), white noise (-70..-30 dBFS) and 8-bit mu-law/linear re-quantisation.
 AdamW (lr {r['train_config']['lr']}, weight decay {r['train_config']['weight_decay']}, one-cycle),

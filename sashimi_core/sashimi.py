@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from sashimi_core.quantize import ZERO_TOKEN
 from sashimi_core.s4 import S4Block
@@ -226,6 +227,9 @@ class Backbone(nn.Module):
             u_layers.append(nn.ModuleList([UpPool(H * cfg.expand, cfg.expand, p)] + pairs(H)))
         self.d_layers, self.u_layers = nn.ModuleList(d_layers), nn.ModuleList(u_layers)
         self.norm = nn.LayerNorm(H)
+        # Training-time memory switch, not part of the architecture: recompute each residual block's
+        # activations in backward instead of keeping them (the trainer's --checkpoint-activations).
+        self.checkpoint_activations = False
 
     def forward(self, x: torch.Tensor, return_state: bool = False):
         """x (B, L, H) -> (B, L, H). L is padded to a multiple of the total pooling factor, then cropped.
@@ -239,9 +243,13 @@ class Backbone(nn.Module):
         d, c, u = [], [], []
         rate = 1  # pooling between the input and the current tier
 
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+
         def run(layer, x, states):
             if return_state:  # steps consumed at this tier: L // rate
                 states.append(layer.state_after(x, L // rate))
+            if recompute and isinstance(layer, ResidualBlock):
+                return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
             return layer(x)
 
         outputs = [x]

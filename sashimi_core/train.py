@@ -91,6 +91,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0  # DataLoader worker processes
     amp: bool = True  # bfloat16 autocast on CUDA (never on CPU); S4 kernels stay fp32/complex64
+    checkpoint_activations: bool = False  # SaShiMi: recompute residual blocks in backward (less memory, slower)
     progress: bool = True  # tqdm bar (rank 0)
     resume: bool = False
     init_from: str | None = None  # checkpoint folder whose weights start a new run (warm start; same model config)
@@ -328,6 +329,10 @@ def train(cfg: TrainConfig) -> dict:
             log.warning("no validation: %s", exc)
         torch.manual_seed(cfg.seed)
         model = build_model(architecture, fields, f"--preset {cfg.preset}").to(device)
+        if cfg.checkpoint_activations:
+            if not hasattr(getattr(model, "backbone", None), "checkpoint_activations"):
+                raise ValueError(f"--checkpoint-activations supports SaShiMi models, not {architecture}")
+            model.backbone.checkpoint_activations = True
         if cfg.init_from and state_dir is None:
             warm_start(model, cfg.init_from)
         opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
@@ -508,13 +513,16 @@ def _parser() -> argparse.ArgumentParser:
                                  argument_default=argparse.SUPPRESS)
     d = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
-        if f.name in ("overrides", "amp", "progress", "resume"):
+        if f.name in ("overrides", "amp", "progress", "resume", "checkpoint_activations"):
             continue
         kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, help=f"(default {getattr(d, f.name)!r})")
     ap.add_argument("--override", action="append", nargs="+", metavar="KEY=VALUE",
                     help="model config field, e.g. d_model=32 pool=[4,4] dropout=0.1")
     ap.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    ap.add_argument("--checkpoint-activations", action="store_true",
+                    help="SaShiMi: recompute each residual block in backward instead of storing its activations "
+                         "(for long clips, e.g. L=128000; ~1.3x the step time)")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
     return ap

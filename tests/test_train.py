@@ -181,6 +181,23 @@ def test_init_from_warm_starts_a_new_run(sc09, trained, tmp_path, capsys):
     assert "model config differs from this run's in ['d_model']" in capsys.readouterr().err
 
 
+def test_checkpoint_activations_trains_the_same(sc09, tmp_path, capsys):
+    base = ["--data", str(sc09), "--steps", "3", "--log-every", "1", "--val-every", "0", "--sample-every", "0",
+            *FAST_CLI]
+    runs = {}
+    for flag in ([], ["--checkpoint-activations"]):
+        out = tmp_path / ("recompute" if flag else "keep")
+        assert main([*base, "--out", str(out), *flag]) == 0
+        runs[bool(flag)] = losses(out)
+        saved = json.loads((out / "train_config.json").read_text())
+        assert saved["checkpoint_activations"] is bool(flag)
+    assert runs[True].keys() == runs[False].keys() == {1, 2, 3}
+    for step, loss in runs[False].items():  # same gradients, so the same trajectory up to rounding
+        assert abs(runs[True][step] - loss) < 1e-4, (step, runs[True][step], loss)
+    assert main([*base, "--preset", "wavenet-tiny", "--out", str(tmp_path / "w"), "--checkpoint-activations"]) == 2
+    assert "--checkpoint-activations supports SaShiMi models, not wavenet" in capsys.readouterr().err
+
+
 def test_nan_loss_fails_and_keeps_checkpoint(sc09, tmp_path, monkeypatch):
     real = train_mod.compute_loss
     calls = {"n": 0}
