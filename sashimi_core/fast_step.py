@@ -67,15 +67,19 @@ class _Packer:
         return f, c
 
 
-def fused_step_params(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """`S4Kernel.step_params` (complex128) -> (planes (5, H, N/2) complex, beta (H,) real), float64.
+def fused_step_params(p: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`S4Kernel.step_params` (complex128) -> (planes (4, H, N/2) complex, beta (H,) real, scale (H, N/2) complex).
 
     The Woodbury step  t = E s + B2 u - P a,  a = 2Re<conj P, s>;  s' = Dinv (t - P r),  r = 2Re<R, t>
     has one left vector P for both rank-1 corrections, so  a + r = 2Re<w, s> + beta u  with
-    w = (1 - rho) conj P + R E,  rho = 2Re<R, P>,  beta = 2Re<R, B2>, and the step becomes
+    w = (1 - rho) conj P + R E,  rho = 2Re<R, P>,  beta = 2Re<R, B2>:
         g = Re<W, s> + beta u,   s' = Ê s + B̂ u - P̂ g,   y = Re<dC2, s'>
-    with W = 2w, Ê = Dinv E, B̂ = Dinv B2, P̂ = Dinv P: the same exact step in two passes over the state
-    and 10 real planes (the three-pass form reads 16 plane values per mode)."""
+    (W = 2w, Ê = Dinv E, B̂ = Dinv B2, P̂ = Dinv P). In the rescaled state sigma = s / B̂ (a diagonal change of
+    basis, which leaves the outputs unchanged) the input enters with coefficient 1:
+        g = Re<W B̂, sigma> + beta u,   sigma' = Ê sigma + u - (P̂ / B̂) g,   y = Re<dC2 B̂, sigma'>.
+    planes = (W B̂, Ê, P̂ / B̂, dC2 B̂): the same exact step in two passes and 8 real planes (the three-pass
+    form reads 16 plane values per mode). |B̂| is floored at 1e-12 of the channel's largest, so a mode whose
+    input weight vanishes keeps a finite basis (it then gets an input of relative size 1e-12)."""
     Dinv, E, B2 = p["Dinv"], p["E"], p["B2"]
     if "P" in p:
         P, R = p["P"], p["R"]
@@ -86,7 +90,10 @@ def fused_step_params(p: dict) -> tuple[torch.Tensor, torch.Tensor]:
     else:  # diagonal S4: no low-rank correction
         W, P_hat = torch.zeros_like(E), torch.zeros_like(E)
         beta = torch.zeros(E.shape[0], dtype=torch.float64)
-    return torch.stack([W, Dinv * E, Dinv * B2, P_hat, p["dC2"]]), beta
+    scale = Dinv * B2
+    floor = 1e-12 * scale.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+    scale = torch.where(scale.abs() < floor, floor.to(scale.dtype), scale)
+    return torch.stack([W * scale, Dinv * E, P_hat / scale, p["dC2"] * scale]), beta, scale
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -115,9 +122,9 @@ class FastSaShiMi:
             H = res.norm.weight.numel()
             norm = pk.addf(np.stack([_np(res.norm.weight), _np(res.norm.bias)]))
             if isinstance(layer, S4Block):
-                planes, beta = fused_step_params(layer.kernel.step_params(torch.complex128))
+                planes, beta, scale = fused_step_params(layer.kernel.step_params(torch.complex128))
                 N2 = layer.kernel.N2
-                # 10 float32 planes (re, im of each), each (N/2, H), channels innermost: the step's loops then run
+                # 8 float32 planes (re, im of each), each (N/2, H), channels innermost: the step's loops then run
                 # over channels with no horizontal sums (real arithmetic vectorises, complex does not)
                 cplx = pk.addf(torch.stack([planes.real, planes.imag], 1).transpose(-1, -2).numpy())
                 lin = [m for m in layer.output_linear.modules() if isinstance(m, torch.nn.Linear)]
@@ -126,7 +133,7 @@ class FastSaShiMi:
                 b = pk.addf(_np(lin[0].bias)) if lin else -1
                 row = [S4_BLOCK, H, act, norm, w, b, -1, -1, pk.addf(_np(layer.D)), cplx, n_state, N2,
                        pk.addf(beta.numpy())]
-                self._s4_layers.append((layer, n_state, H, N2))
+                self._s4_layers.append((scale.numpy(), n_state, H, N2))  # state basis: sigma = s / scale
                 n_state += 2 * H * N2  # re plane then im plane, each (N/2, H)
             elif isinstance(layer, FFBlock):
                 lin1, lin2 = layer.ff[0][0], layer.ff[2]
@@ -189,8 +196,8 @@ class FastSaShiMi:
             out["down"][:, self.tiers[i, T_DBUF]: self.tiers[i, T_DBUF] + p * H] = dbuf
             out["up"][:, self.tiers[i, T_UBUF]: self.tiers[i, T_UBUF] + p * H] = _np(u[T - 1 - i][0]).reshape(B, -1)
         s4_states = [s for s in res_states if s is not None]
-        for (_, off, H, N2), s in zip(self._s4_layers, s4_states, strict=True):
-            s = _np(s).transpose(0, 2, 1).reshape(B, -1)  # (B, H, N/2) -> (B, N/2 * H)
+        for (scale, off, H, N2), s in zip(self._s4_layers, s4_states, strict=True):
+            s = (_np(s) / scale).transpose(0, 2, 1).reshape(B, -1)  # (B, H, N/2) -> (B, N/2 * H), rescaled
             out["ssm"][:, off: off + H * N2] = s.real
             out["ssm"][:, off + H * N2: off + 2 * H * N2] = s.imag
         return out
@@ -322,15 +329,15 @@ def _gelu(v):
 
 @njit(cache=True, fastmath=True)
 def _ssm_step(z, row, wf, ssm, act):
-    """Bilinear S4 step on (B, H) inputs in the fused form of `fused_step_params`, real arithmetic on (re, im)
-    planes; writes GELU(y + D u) to act.
+    """Bilinear S4 step on (B, H) inputs in the rescaled fused form of `fused_step_params`, real arithmetic on
+    (re, im) planes; writes GELU(y + D u) to act.
 
     Planes and state are (N/2, H) with channels innermost, so each pass is a vector loop over channels and
     the per-channel sums over modes (g, y) accumulate in vectors, in mode order."""
     B = z.shape[0]
     H, N2, c0, s0 = row[H_], row[N2F], row[CPLX], row[STATE]
     HN = H * N2
-    pl = wf[c0: c0 + 10 * HN].reshape(10, N2, H)  # W, Ê, B̂, P̂, dC2 as (re, im) planes
+    pl = wf[c0: c0 + 8 * HN].reshape(8, N2, H)  # W B̂, Ê, P̂ / B̂, dC2 B̂ as (re, im) planes
     D = wf[row[DSKIP]: row[DSKIP] + H]
     beta = wf[row[BETA]: row[BETA] + H]
     g = np.empty(H, np.float32)
@@ -341,17 +348,17 @@ def _ssm_step(z, row, wf, ssm, act):
         for h in range(H):
             g[h] = beta[h] * u[h]
             y[h] = 0.0
-        for n in range(N2):  # g = Re<W, s> + beta u
+        for n in range(N2):  # g = Re<W B̂, sigma> + beta u
             for h in range(H):
                 g[h] += pl[0, n, h] * s[0, n, h] - pl[1, n, h] * s[1, n, h]
-        for n in range(N2):  # s' = Ê s + B̂ u - P̂ g;  y = Re<dC2, s'>
+        for n in range(N2):  # sigma' = Ê sigma + u - (P̂ / B̂) g;  y = Re<dC2 B̂, sigma'>
             for h in range(H):
                 sr, si = s[0, n, h], s[1, n, h]
-                nr = pl[2, n, h] * sr - pl[3, n, h] * si + pl[4, n, h] * u[h] - pl[6, n, h] * g[h]
-                ni = pl[2, n, h] * si + pl[3, n, h] * sr + pl[5, n, h] * u[h] - pl[7, n, h] * g[h]
+                nr = pl[2, n, h] * sr - pl[3, n, h] * si + u[h] - pl[4, n, h] * g[h]
+                ni = pl[2, n, h] * si + pl[3, n, h] * sr - pl[5, n, h] * g[h]
                 s[0, n, h] = nr
                 s[1, n, h] = ni
-                y[h] += pl[8, n, h] * nr - pl[9, n, h] * ni
+                y[h] += pl[6, n, h] * nr - pl[7, n, h] * ni
         for h in range(H):
             act[b, h] = _gelu(y[h] + D[h] * u[h])
 
