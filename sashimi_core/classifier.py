@@ -21,7 +21,6 @@ installed librosa. Load with :func:`load_classifier`. Train with
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -241,6 +240,8 @@ class TrainConfig:
 def train(tc: TrainConfig, cfg: ClassifierConfig | None = None) -> dict:
     """Train on the train split, select the epoch with the best valid accuracy, save to tc.out, and return
     {"valid_accuracy", "test_accuracy", "train_seconds", "epochs", ...}."""
+    from sashimi_core.data.common import build_options
+
     torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
@@ -286,17 +287,10 @@ def train(tc: TrainConfig, cfg: ClassifierConfig | None = None) -> dict:
               "best_epoch": best[2], "epochs": len(history), "train_seconds": round(train_seconds, 1),
               "threads": tc.threads, "n_train": len(y_train), "n_valid": len(splits["valid"][1]),
               "n_test": len(splits["test"][1]), "torch": torch.__version__, "history": history,
-              "dataset": Path(tc.data).name, "dataset_recipe": _recipe(tc.data), "train_config": vars(tc).copy()}
+              "dataset": Path(tc.data).name, "dataset_recipe": (build_options(tc.data) or {}).get("recipe"),
+              "train_config": vars(tc).copy()}
     save_model_with_card(model, tc.out, result)
     return result
-
-
-def _recipe(root) -> int | None:
-    """The recipe version in a built data set's dataset.json (None for other folders)."""
-    try:
-        return int(json.loads((Path(root) / "dataset.json").read_text())["options"].get("recipe", 1))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def save_model_with_card(model: DigitClassifier, out, result: dict) -> Path:

@@ -44,27 +44,19 @@ def supports(model) -> bool:
 
 
 class _Packer:
-    """Collects float32 and complex64 arrays into two flat buffers, returning offsets."""
+    """Collects float32 arrays into one flat buffer, returning offsets."""
 
     def __init__(self):
-        self.f, self.c, self.nf, self.nc = [], [], 0, 0
+        self.parts, self.size = [], 0
 
     def addf(self, a) -> int:
         a = np.ascontiguousarray(a, dtype=np.float32).ravel()
-        self.f.append(a)
-        self.nf += a.size
-        return self.nf - a.size
+        self.parts.append(a)
+        self.size += a.size
+        return self.size - a.size
 
-    def addc(self, a) -> int:
-        a = np.ascontiguousarray(a, dtype=np.complex64).ravel()
-        self.c.append(a)
-        self.nc += a.size
-        return self.nc - a.size
-
-    def arrays(self):
-        f = np.concatenate(self.f) if self.f else np.zeros(0, np.float32)
-        c = np.concatenate(self.c) if self.c else np.zeros(0, np.complex64)
-        return f, c
+    def array(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
 
 
 def fused_step_params(p: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,7 +161,7 @@ class FastSaShiMi:
         self.embed = pk.addf(_np(model.embedding.weight))
         self.final_norm = pk.addf(np.stack([_np(bb.norm.weight), _np(bb.norm.bias)]))
         self.head_w, self.head_b = pk.addf(_np(model.head.weight).T), pk.addf(_np(model.head.bias))
-        self.wf, _ = pk.arrays()
+        self.wf = pk.array()
         self.d_model, self.n_tokens = cfg.d_model, cfg.n_tokens
         self.meta = np.array([T, self.d_model, self.n_tokens, self.embed, self.final_norm, self.head_w,
                               self.head_b], dtype=np.int64)

@@ -162,19 +162,27 @@ def split_summary(rows: Iterable[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def check_seed(out: str | os.PathLike, seed: int, recipe: int = 1) -> None:
-    """ValueError if ``out`` already holds a build made with another seed or another recipe version
-    (its files would be mixed up). Builds from before recipe versions existed count as recipe 1."""
+def build_options(out: str | os.PathLike) -> dict | None:
+    """The ``options`` of the build in ``out`` (its dataset.json), or None when there is none readable. Builds
+    from before recipe versions existed get ``"recipe": 1``."""
     try:
         options = json.loads((Path(out) / DATASET_JSON).read_text())["options"]
-        old_seed, old_recipe = options["seed"], options.get("recipe", 1)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {"recipe": 1, **options}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_seed(out: str | os.PathLike, seed: int, recipe: int = 1) -> None:
+    """ValueError if ``out`` already holds a build made with another seed or another recipe version
+    (its files would be mixed up)."""
+    options = build_options(out)
+    if options is None or "seed" not in options:
         return
-    if old_seed != seed:
-        raise ValueError(f"{out} was built with --seed {old_seed}; re-run with --seed {old_seed} to resume, "
-                         f"or use a new --out for seed {seed}")
-    if old_recipe != recipe:
-        raise ValueError(f"{out} was built with recipe version {old_recipe} of this data set and this code "
+    if options["seed"] != seed:
+        raise ValueError(f"{out} was built with --seed {options['seed']}; re-run with --seed {options['seed']} to "
+                         f"resume, or use a new --out for seed {seed}")
+    if options["recipe"] != recipe:
+        raise ValueError(f"{out} was built with recipe version {options['recipe']} of this data set and this code "
                          f"builds version {recipe}; delete {out} or use a new --out to build it afresh")
 
 
