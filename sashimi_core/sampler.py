@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sashimi_core import fast_step
+from sashimi_core import fast_step, graph_step
 
 PROGRESS_EVERY = 256  # steps between progress callbacks / stop checks
 
@@ -55,6 +55,21 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
     return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1), logp
 
 
+def sample_from_uniform(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor):
+    """Inverse-CDF sampling: logits (B, V), uniforms u (B,) in [0, 1) -> (tokens (B,), log-probs (B, V)).
+
+    The same distribution as `sample_token`, with the randomness passed in, and no host sync: this runs
+    inside CUDA graphs (`graph_step.py`)."""
+    if temperature == 0:
+        return logits.argmax(-1), torch.log_softmax(logits.float(), -1)
+    logp = torch.log_softmax(top_p_filter(logits.float() / temperature, top_p), -1)
+    cdf = logp.exp().cumsum(-1)
+    token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    token = token.clamp_max(logits.shape[-1] - 1)
+    dropped = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1) == float("-inf")  # rounding at the CDF's top
+    return torch.where(dropped, logp.argmax(-1), token), logp
+
+
 def check_generation_args(n_steps, n_samples, temperature, top_p) -> None:
     if not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")
@@ -79,8 +94,9 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
     seed: same seed -> same tokens (a random one is drawn and reported when None). progress(done, total) and
     stop() are called every PROGRESS_EVERY steps; on stop the tokens so far are returned.
     rank=True orders samples by their model likelihood (lowest NLL first), a guard against runaway noise.
-    engine: "fast" (numba-compiled CPU step, `fast_step.py`), "torch" (the module step loop) or "auto" (fast
-    when the model supports it and runs on CPU). The engines agree on logits to float32 rounding but draw
+    engine: "fast" (numba-compiled CPU step, `fast_step.py`), "graph" (static buffers, one CUDA graph per step
+    phase on GPU, `graph_step.py`), "torch" (the module step loop) or "auto" (fast for a supported model on
+    CPU, graph for SaShiMi on CUDA, else torch). The engines agree on logits to float32 rounding but draw
     random numbers differently, so a seed reproduces a result within one engine. threads: CPU threads for
     the fast engine's batch rows (default: torch.get_num_threads()).
     Returns tokens (n_samples, T + steps) int64, and GenerationStats when return_stats.
@@ -88,12 +104,16 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
     check_generation_args(n_steps, n_samples, temperature, top_p)
     if prompt_mode not in ("conv", "step"):
         raise ValueError(f"prompt_mode must be 'conv' or 'step', got {prompt_mode!r}")
-    if engine not in ("auto", "fast", "torch"):
-        raise ValueError(f"engine must be 'auto', 'fast' or 'torch', got {engine!r}")
+    if engine not in ("auto", "fast", "graph", "torch"):
+        raise ValueError(f"engine must be 'auto', 'fast', 'graph' or 'torch', got {engine!r}")
     device = next(model.parameters()).device
-    use_fast = engine == "fast" or (engine == "auto" and device.type == "cpu" and fast_step.supports(model))
-    if use_fast and not fast_step.supports(model):
+    if engine == "auto":
+        engine = ("fast" if device.type == "cpu" and fast_step.supports(model) else
+                  "graph" if device.type == "cuda" and graph_step.supports(model) else "torch")
+    if engine == "fast" and not fast_step.supports(model):
         raise ValueError(f"engine='fast' does not support this model ({type(model).__name__}); use 'torch'")
+    if engine == "graph" and not graph_step.supports(model):
+        raise ValueError(f"engine='graph' does not support this model ({type(model).__name__}); use 'torch'")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -118,9 +138,12 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
         else:
             prompt = torch.zeros(n_samples, 0, dtype=torch.long, device=device)
             logits, state = model.start(n_samples)
-        if use_fast:
+        if engine == "fast":
             out, nll, ent, done = _fast_loop(model, logits, state, n_steps, n_samples, temperature, top_p,
                                              seed, progress, stop, threads, stats)
+        elif engine == "graph":
+            out, nll, ent, done = _graph_loop(model, logits, state, n_steps, n_samples, temperature, top_p,
+                                              gen, progress, stop, stats)
         else:
             out, nll, ent, done = _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p,
                                               gen, progress, stop, stats)
@@ -169,6 +192,21 @@ def _fast_loop(model, logits, state, n_steps, n_samples, temperature, top_p, see
         if _report(done, n_steps, progress, stop, stats):
             break
     return torch.from_numpy(out), torch.from_numpy(nll), torch.from_numpy(ent), done
+
+
+def _graph_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats):
+    """Sampling loop over `graph_step.GraphSampler` (CUDA graphs on GPU), PROGRESS_EVERY steps per block."""
+    sampler = graph_step.GraphSampler(model, logits, state, temperature, top_p)
+    out = torch.empty(n_samples, n_steps, dtype=torch.long, device=logits.device)
+    done = 0
+    while done < n_steps:
+        n = min(PROGRESS_EVERY, n_steps - done)
+        uniforms = torch.rand(n, n_samples, generator=gen, device=logits.device)
+        sampler.run(uniforms, out[:, done: done + n])
+        done += n
+        if _report(done, n_steps, progress, stop, stats):
+            break
+    return out, sampler.nll, sampler.ent, done
 
 
 def _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats):
