@@ -75,6 +75,34 @@ def env_record(device: str = "cpu") -> dict:
     return rec
 
 
+def cpu_peaks(threads: int) -> dict:
+    """What this machine can do at all, measured now: float32 GEMM GFLOP/s (torch, 1024^3, best of 5) at 1 and
+    `threads` threads, and memory copy GB/s (read + write) of a 256 MB array and of a 2 MB one (numpy, 1 thread)."""
+    import numpy as np
+
+    def best(fn, n=5):
+        fn()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    a = torch.randn(1024, 1024)
+    out = {}
+    old = torch.get_num_threads()
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        out[f"sgemm_gflops_{n}t"] = round(2 * 1024**3 / best(lambda: a @ a) / 1e9, 1)
+    torch.set_num_threads(old)
+    for name, mb in (("dram", 256), ("cache", 2)):
+        src = np.ones(mb * 2**20 // 4, np.float32)
+        dst = np.empty_like(src)
+        out[f"copy_gbps_{name}_{mb}mb"] = round(2 * src.nbytes / best(lambda: np.copyto(dst, src)) / 1e9, 1)
+    return out
+
+
 def mem_info() -> dict[str, int]:
     """/proc/meminfo in bytes ({} where unavailable)."""
     try:

@@ -43,6 +43,27 @@ def run_case(preset: str, batch: int, engine: str, steps: int, threads: int, see
             "baseline_bytes": baseline, "torch_threads": torch.get_num_threads()}
 
 
+def _cost(preset: str) -> dict:
+    """The fast engine's work per sample for a preset (`FastSaShiMi.cost`)."""
+    from sashimi_core import PRESETS, SaShiMi
+    from sashimi_core.fast_step import FastSaShiMi, supports
+
+    model = SaShiMi(PRESETS[preset])
+    return FastSaShiMi(model).cost() if supports(model) else {}
+
+
+def _roofline(row: dict, cost: dict, machine: dict, threads: int) -> dict:
+    """Achieved arithmetic and memory rates of a fast-engine row, against the machine's measured GEMM peak.
+    Each of min(threads, batch) row groups streams all weights once per step, and every row its own state."""
+    groups = max(1, min(threads, row["batch"]))
+    steps_per_s = row["samples_per_s"] / row["batch"]
+    gflops = row["samples_per_s"] * cost["flops_per_sample"] / 1e9
+    peak = machine.get(f"sgemm_gflops_{groups}t") or machine.get(f"sgemm_gflops_{threads}t")
+    mem = steps_per_s * (groups * cost["weight_bytes_per_step"] + row["batch"] * cost["state_bytes_per_row_step"])
+    return {"gflop_per_s": round(gflops, 1), "pct_sgemm_peak": round(100 * gflops / peak, 1) if peak else None,
+            "mem_gb_per_s": round(mem / 1e9, 1)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench generate", description=__doc__.split("\n")[0])
     p.add_argument("--presets", default="sashimi-2,sashimi-8")
@@ -62,6 +83,8 @@ def main(argv=None) -> int:
     engines = [("fast", int(args.seconds * REAL_TIME)), ("torch", args.torch_steps)]
     if args.device != "cpu":
         engines = [("graph", int(args.seconds * REAL_TIME)), ("torch", args.torch_steps)]
+    machine = common.cpu_peaks(args.threads) if args.device == "cpu" else {}
+    costs = {name: _cost(name) for name in presets} if args.device == "cpu" else {}
     rows = []
     for preset in presets:
         for batch in batches:
@@ -84,17 +107,21 @@ def main(argv=None) -> int:
                          and r["batch"] == row["batch"] and "samples_per_s" in r), None)
             if slow:
                 row["speedup_vs_torch_step"] = round(row["samples_per_s"] / slow["samples_per_s"], 1)
+            if row["engine"] == "fast" and costs.get(row["preset"]):
+                row.update(_roofline(row, costs[row["preset"]], machine, args.threads))
             key = f"{row['preset']}_b{row['batch']}"
             target = TARGETS.get(key) if row["engine"] == "fast" else GPU_TARGET_B1 if row["batch"] == 1 else None
             if target:
                 row["target"] = target
                 row["meets_target"] = row["samples_per_s"] >= target
     data = {"benchmark": NAME, "env": common.env_record(args.device), "threads": args.threads, "rows": rows,
-            "reference_samples_per_s": REFERENCE, "targets": TARGETS}
+            "machine_peaks": machine, "engine_cost": costs, "reference_samples_per_s": REFERENCE, "targets": TARGETS}
     path = common.write_json(NAME, data, args.out)
     cols = ["preset", "batch", "engine", "samples_per_s", "real_time_x", "speedup_vs_torch_step", "target",
-            "meets_target", "peak_rss_gb", "torch_threads"]
+            "meets_target", "gflop_per_s", "pct_sgemm_peak", "mem_gb_per_s", "peak_rss_gb", "torch_threads"]
     print(common.markdown_table(rows, cols))
+    if machine:
+        print(f"\nmachine, measured in this run: {machine}")
     print(f"\nreference implementation (same machine kind): correct dense step {REFERENCE['dense_b1']} samples/s; "
           f"'diagonal' (wrong) step {REFERENCE['diagonal_b1']} (B=1) / {REFERENCE['diagonal_b16']} (B=16)")
     print(f"wrote {path}")

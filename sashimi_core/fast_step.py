@@ -166,6 +166,30 @@ class FastSaShiMi:
         self.meta = np.array([T, self.d_model, self.n_tokens, self.embed, self.final_norm, self.head_w,
                               self.head_b], dtype=np.int64)
 
+    def cost(self) -> dict:
+        """Work per generated sample, averaged over a pooling cycle: a block at tier i runs every prod(pool[:i])
+        steps. flops: 2 per weight multiply-add plus 20 per S4 mode and channel (the fused step's two passes);
+        weight_bytes: weights and planes read per step (shared by the batch rows of one thread);
+        state_bytes: S4 state read and written per step and row."""
+        rates = np.cumprod([1] + [int(p) for p in self.tiers[: self.n_tiers, T_POOL]])
+        groups = [(range(self.center[0], self.center[1]), rates[-1])]
+        groups += [(range(self.tiers[i, T_UPS], self.tiers[i, T_UPE]), rates[i]) for i in range(self.n_tiers)]
+        macs = modes = 0.0
+        for rows, rate in groups:
+            for k in rows:
+                r = self.blocks[k]
+                H = int(r[H_])
+                if r[KIND] == S4_BLOCK:
+                    modes += H * int(r[N2F]) / rate
+                    macs += H * H * (0, 1, 2)[int(r[ACT])] / rate
+                else:
+                    macs += 2 * H * int(r[N2F]) / rate
+        for i in range(self.n_tiers):  # DownPool and UpPool linears run once per block of the coarser tier
+            macs += 2 * int(self.tiers[i, T_H] * self.tiers[i, T_POOL] * self.tiers[i, T_DOUT]) / rates[i + 1]
+        macs += self.d_model * self.n_tokens  # head
+        return {"flops_per_sample": float(2 * macs + 20 * modes), "weight_bytes_per_step": float(4 * (macs + 8 * modes)),
+                "state_bytes_per_row_step": float(4 * 2 * 2 * modes)}
+
     # ---- state --------------------------------------------------------------------------------------
     def new_state(self, batch_size: int) -> dict:
         """Zero state (nothing consumed): S4 states, DownPool input buffers, UpPool pending outputs, t."""

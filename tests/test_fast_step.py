@@ -102,3 +102,34 @@ def test_fast_greedy_matches_torch_greedy():
     fast = generate(model, 120, temperature=0, engine="fast")
     slow = generate(model, 120, temperature=0, engine="torch")
     assert torch.equal(fast, slow)
+
+
+@pytest.mark.parametrize("name", ["sashimi-tiny", "sashimi-2"])
+def test_cost_counts_the_work_the_torch_step_does(name):
+    """`FastSaShiMi.cost` against hooks on the torch step over one pooling cycle (16 steps): every Linear's
+    multiply-adds and every S4 step's modes, divided by the samples stepped."""
+    from sashimi_core.s4 import S4Block
+
+    torch.manual_seed(0)
+    model = SaShiMi(PRESETS[name]).eval()
+    macs, modes = [0], [0]
+
+    def on_linear(m, inp, out):
+        macs[0] += inp[0].shape[0] * m.in_features * m.out_features
+
+    def on_s4(m, inp, out):
+        modes[0] += inp[0].shape[0] * m.H * m.kernel.N2
+
+    with torch.inference_mode():
+        logits, state = model.start(2)
+        hooks = [m.register_forward_hook(on_linear) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        for m in model.modules():
+            if isinstance(m, S4Block):  # step() is not forward(): wrap it
+                m.step = (lambda blk, f: lambda x, s: (on_s4(blk, (x,), None), f(x, s))[1])(m, m.step)
+        for _ in range(16):
+            logits, state = model.step(logits.argmax(-1), state)
+        for h in hooks:
+            h.remove()
+    cost = FastSaShiMi(model).cost()
+    assert cost["flops_per_sample"] == pytest.approx((2 * macs[0] + 20 * modes[0]) / 32)
+    assert cost["state_bytes_per_row_step"] == pytest.approx(16 * modes[0] / 32)
