@@ -187,7 +187,8 @@ class FastSaShiMi:
         for i in range(self.n_tiers):  # DownPool and UpPool linears run once per block of the coarser tier
             macs += 2 * int(self.tiers[i, T_H] * self.tiers[i, T_POOL] * self.tiers[i, T_DOUT]) / rates[i + 1]
         macs += self.d_model * self.n_tokens  # head
-        return {"flops_per_sample": float(2 * macs + 20 * modes), "weight_bytes_per_step": float(4 * (macs + 8 * modes)),
+        return {"flops_per_sample": float(2 * macs + 20 * modes),
+                "weight_bytes_per_step": float(4 * (macs + 8 * modes)),
                 "state_bytes_per_row_step": float(4 * 2 * 2 * modes)}
 
     # ---- state --------------------------------------------------------------------------------------

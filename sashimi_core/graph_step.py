@@ -77,9 +77,7 @@ class GraphSampler:
         """One step at phase t % period: sample from self.logits with self.u, step the model, write back."""
         token, logp = sampler.sample_from_uniform(self.logits, self.temperature, self.top_p, self.u)
         self.token.copy_(token)
-        model_logp = torch.log_softmax(self.logits, -1)
-        self.nll.sub_(model_logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).double())
-        self.ent.sub_((logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1).double())
+        sampler.accumulate_stats(self.nll, self.ent, self.logits, token, logp)
         state = (phase,) + _unflatten(self.spec, self.leaves)  # phase gives step t's control flow
         logits, new_state = self.model.step(token, state)
         new_leaves: list = []

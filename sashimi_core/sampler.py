@@ -55,6 +55,15 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
     return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1), logp
 
 
+def accumulate_stats(nll: torch.Tensor, ent: torch.Tensor, logits: torch.Tensor, token: torch.Tensor,
+                     logp: torch.Tensor) -> None:
+    """In place, per row (float64, nats): nll += -log p_model(token); ent += entropy of the sampling
+    distribution logp (B, V). logits (B, V) are the model's."""
+    model_logp = torch.log_softmax(logits.float(), -1)
+    nll.sub_(model_logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).double())
+    ent.sub_((logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1).double())
+
+
 def sample_from_uniform(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor):
     """Inverse-CDF sampling: logits (B, V), uniforms u (B,) in [0, 1) -> (tokens (B,), log-probs (B, V)).
 
@@ -219,9 +228,7 @@ def _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p, ge
     for t in range(n_steps):
         token, logp = sample_token(logits, temperature, top_p, gen)
         out[:, t] = token
-        model_logp = torch.log_softmax(logits.float(), -1)
-        nll -= model_logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).double()
-        ent -= (logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1).double()
+        accumulate_stats(nll, ent, logits, token, logp)
         done = t + 1
         if done < n_steps:
             logits, state = model.step(token, state)
