@@ -80,14 +80,8 @@ def cpu_peaks(threads: int) -> dict:
     `threads` threads, and memory copy GB/s (read + write) of a 256 MB array and of a 2 MB one (numpy, 1 thread)."""
     import numpy as np
 
-    def best(fn, n=5):
-        fn()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+    def best(fn):
+        return min(time_fn(fn, repeats=5)["times_s"])
 
     a = torch.randn(1024, 1024)
     out = {}
