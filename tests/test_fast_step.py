@@ -22,7 +22,7 @@ def _perturbed(name, seed=0):
 def test_engine_gelu_matches_exact_gelu():
     from numba import njit
 
-    from sashimi_core.fast_step import _gelu
+    from sashimi_core.fast_kernels import _gelu
 
     @njit
     def apply(x, out):

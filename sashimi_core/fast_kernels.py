@@ -1,0 +1,319 @@
+"""numba kernels of the fast step engine (`fast_step.py` packs the weights they read).
+
+Every kernel reads weights from one flat float32 array `wf` at offsets held in two integer tables: one row per
+residual block (columns KIND..BETA) and one per pooling tier (T_H..T_DOUT). Activations are (B, H) float32,
+the S4 state is (B, n_state) float32 (per layer: re plane then im plane, each (N/2, H), channels innermost).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - numba comes with librosa
+    HAVE_NUMBA = False
+
+    def njit(*args, **kwargs):
+        return (lambda f: f) if not (args and callable(args[0])) else args[0]
+
+# Block table columns (one row per residual block, in execution order)
+KIND, H_, ACT, NORM, W1, B1, W2, B2, DSKIP, CPLX, STATE, N2F, BETA = range(13)
+S4_BLOCK, FF_BLOCK = 0, 1
+ACT_NONE, ACT_ID, ACT_GLU = 0, 1, 2
+# Tier table columns (tier i = after i DownPools)
+T_H, T_POOL, T_DW, T_DB, T_UW, T_UB, T_UPS, T_UPE, T_DBUF, T_UBUF, T_DOUT = range(11)
+
+
+# Kernels index views with loop variables only: numba then knows indices are non-negative, skips its
+# negative-index wraparound, and LLVM vectorises the inner loops.
+
+@njit(cache=True, fastmath=True)
+def _layer_norm(x, wf, off, H):
+    B = x.shape[0]
+    w, bias = wf[off: off + H], wf[off + H: off + 2 * H]
+    out = np.empty_like(x)
+    for b in range(B):
+        xb = x[b]
+        mean = 0.0
+        for h in range(H):
+            mean += xb[h]
+        mean /= H
+        var = 0.0
+        for h in range(H):
+            d = xb[h] - mean
+            var += d * d
+        inv = 1.0 / math.sqrt(var / H + 1e-5)
+        ob = out[b]
+        for h in range(H):
+            ob[h] = (xb[h] - mean) * inv * w[h] + bias[h]
+    return out
+
+
+@njit(cache=True, fastmath=True)
+def _linear(x, wf, w_off, b_off, n_in, n_out):
+    """x (B, n_in) @ W^T (stored transposed, (n_in, n_out)) + b. Explicit loops: no BLAS threads.
+
+    The batch loop sits inside the weight-row loop, so each row of W is read once per step for all B rows
+    (the weights, not the arithmetic, bound a step); each output still sums over i in order."""
+    B = x.shape[0]
+    w = wf[w_off: w_off + n_in * n_out].reshape(n_in, n_out)
+    bias = wf[b_off: b_off + n_out]
+    y = np.empty((B, n_out), np.float32)
+    for b in range(B):
+        yb = y[b]
+        for j in range(n_out):
+            yb[j] = bias[j]
+    for i in range(n_in):
+        wi = w[i]
+        for b in range(B):
+            xi = x[b, i]
+            yb = y[b]
+            for j in range(n_out):
+                yb[j] += xi * wi[j]
+    return y
+
+
+# erf(s) ~ s P(s^2) / Q(s^2) on [-4, 4] (|erf| rounds to 1 beyond): the rational approximation Eigen and
+# XLA use for float32. Branch-free, so loops over it vectorise; GELU error <= 1.1e-6 against math.erf
+# (checked on a dense grid in tests), where libm's erf costs ~4x more per call.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+@njit(cache=True, fastmath=True)
+def _gelu(v):
+    """Exact (erf) GELU, v * Phi(v), with the rational erf above."""
+    s = min(max(v * np.float32(0.7071067811865476), np.float32(-4.0)), np.float32(4.0))
+    s2 = s * s
+    p = np.float32(_ERF_P[0])
+    for c in _ERF_P[1:]:
+        p = p * s2 + np.float32(c)
+    q = np.float32(_ERF_Q[0])
+    for c in _ERF_Q[1:]:
+        q = q * s2 + np.float32(c)
+    return np.float32(0.5) * v * (np.float32(1.0) + s * p / q)
+
+
+@njit(cache=True, fastmath=True)
+def _ssm_step(z, row, wf, ssm, act):
+    """Bilinear S4 step on (B, H) inputs in the rescaled fused form of `fused_step_params`, real arithmetic on
+    (re, im) planes; writes GELU(y + D u) to act.
+
+    Planes and state are (N/2, H) with channels innermost, so each pass is a vector loop over channels and
+    the per-channel sums over modes (g, y) accumulate in vectors, in mode order."""
+    B = z.shape[0]
+    H, N2, c0, s0 = row[H_], row[N2F], row[CPLX], row[STATE]
+    HN = H * N2
+    pl = wf[c0: c0 + 8 * HN].reshape(8, N2, H)  # W B̂, Ê, P̂ / B̂, dC2 B̂ as (re, im) planes
+    D = wf[row[DSKIP]: row[DSKIP] + H]
+    beta = wf[row[BETA]: row[BETA] + H]
+    g = np.empty(H, np.float32)
+    y = np.empty(H, np.float32)
+    for b in range(B):
+        s = ssm[b, s0: s0 + 2 * HN].reshape(2, N2, H)
+        u = z[b]
+        for h in range(H):
+            g[h] = beta[h] * u[h]
+            y[h] = 0.0
+        for n in range(N2):  # g = Re<W B̂, sigma> + beta u
+            for h in range(H):
+                g[h] += pl[0, n, h] * s[0, n, h] - pl[1, n, h] * s[1, n, h]
+        for n in range(N2):  # sigma' = Ê sigma + u - (P̂ / B̂) g;  y = Re<dC2 B̂, sigma'>
+            for h in range(H):
+                sr, si = s[0, n, h], s[1, n, h]
+                nr = pl[2, n, h] * sr - pl[3, n, h] * si + u[h] - pl[4, n, h] * g[h]
+                ni = pl[2, n, h] * si + pl[3, n, h] * sr - pl[5, n, h] * g[h]
+                s[0, n, h] = nr
+                s[1, n, h] = ni
+                y[h] += pl[6, n, h] * nr - pl[7, n, h] * ni
+        for h in range(H):
+            act[b, h] = _gelu(y[h] + D[h] * u[h])
+
+
+@njit(cache=True)
+def _blocks(x, start, end, blocks, wf, ssm):
+    """Run residual blocks [start, end) on x (B, H) in place."""
+    B = x.shape[0]
+    for k in range(start, end):
+        row = blocks[k]
+        H = row[H_]
+        z = _layer_norm(x, wf, row[NORM], H)
+        if row[KIND] == FF_BLOCK:
+            F = row[N2F]
+            hid = _linear(z, wf, row[W1], row[B1], H, F)
+            for b in range(B):
+                for j in range(F):
+                    hid[b, j] = _gelu(hid[b, j])
+            y = _linear(hid, wf, row[W2], row[B2], F, H)
+        else:
+            act = np.empty((B, H), np.float32)
+            _ssm_step(z, row, wf, ssm, act)
+            if row[ACT] == ACT_NONE:
+                y = act
+            elif row[ACT] == ACT_ID:
+                y = _linear(act, wf, row[W1], row[B1], H, H)
+            else:
+                g = _linear(act, wf, row[W1], row[B1], H, 2 * H)
+                y = np.empty((B, H), np.float32)
+                for b in range(B):
+                    for h in range(H):
+                        y[b, h] = g[b, h] / (1.0 + math.exp(-g[b, H + h]))
+        for b in range(B):
+            for h in range(H):
+                x[b, h] += y[b, h]
+
+
+@njit(cache=True)
+def _step(tokens, tt, ssm, down, up, wf, blocks, tiers, center, meta, logits):
+    """One backbone step for tokens (B,) -> logits (B, V); mirrors `Backbone.step` (unet=False)."""
+    T, H0, V = meta[0], meta[1], meta[2]
+    B = tokens.shape[0]
+    t = tt[0]
+    x = np.empty((B, H0), np.float32)
+    for b in range(B):
+        for h in range(H0):
+            x[b, h] = wf[meta[3] + tokens[b] * H0 + h]
+    outputs = []
+    depth = 0
+    rate = 1
+    for i in range(T):
+        outputs.append(x.copy())
+        H, p = tiers[i, T_H], tiers[i, T_POOL]
+        slot = (t // rate) % p
+        for b in range(B):
+            for h in range(H):  # buffer laid out (h, s) like the DownPool's Linear input
+                down[b, tiers[i, T_DBUF] + h * p + slot] = x[b, h]
+        rate *= p
+        if slot < p - 1:
+            break
+        buf = down[:, tiers[i, T_DBUF]: tiers[i, T_DBUF] + H * p].copy()
+        x = _linear(buf, wf, tiers[i, T_DW], tiers[i, T_DB], H * p, tiers[i, T_DOUT])
+        depth += 1
+    if depth == T:
+        skip = x.copy()
+        _blocks(x, center[0], center[1], blocks, wf, ssm)
+        x += skip
+    for i in range(min(depth, T - 1), -1, -1):
+        H, p = tiers[i, T_H], tiers[i, T_POOL]
+        r = 1
+        for j in range(i):
+            r *= tiers[j, T_POOL]
+        slot = (t // r) % p
+        u0 = tiers[i, T_UBUF]
+        y = np.empty((B, H), np.float32)
+        for b in range(B):
+            for h in range(H):
+                y[b, h] = up[b, u0 + slot * H + h]
+        if slot == p - 1:  # refill pending outputs from the coarse tier's new output
+            Hc = x.shape[1]
+            new = _linear(x, wf, tiers[i, T_UW], tiers[i, T_UB], Hc, H * p)  # features (h, s)
+            for b in range(B):
+                for h in range(H):
+                    for s in range(p):
+                        up[b, u0 + s * H + h] = new[b, h * p + s]
+        x = y + outputs[i]
+        skip = x.copy()
+        _blocks(x, tiers[i, T_UPS], tiers[i, T_UPE], blocks, wf, ssm)
+        x += skip
+    z = _layer_norm(x, wf, meta[4], H0)
+    out = _linear(z, wf, meta[5], meta[6], H0, V)
+    logits[:, :] = out
+    tt[0] = t + 1
+
+
+@njit(cache=True)
+def _next_uniform(rng, b):
+    """splitmix64 step of row b's RNG -> uniform in [0, 1)."""
+    rng[b] += np.uint64(0x9E3779B97F4A7C15)
+    z = rng[b]
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, fastmath=True)
+def _sample_row(lg, q, temperature, top_p, rng, b):
+    """Sample from logits lg (V,) float32 -> (token, model NLL in nats, entropy of the sampling dist)."""
+    V = lg.shape[0]
+    m = lg.max()
+    z1 = 0.0
+    for j in range(V):
+        z1 += math.exp(lg[j] - m)
+    logz = m + math.log(z1)
+    if temperature == 0.0:
+        choice = int(np.argmax(lg))
+        return choice, logz - lg[choice], 0.0
+    inv_t = 1.0 / temperature
+    for j in range(V):
+        q[j] = math.exp((lg[j] - m) * inv_t)
+    if top_p < 1.0:
+        # nucleus = {q >= tau} for the largest tau whose set still holds top_p of the mass (the k most
+        # likely tokens, as in the torch sampler), found by bisection instead of a sort
+        total = q.sum()
+        lo, hi = 0.0, q.max()
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            mass = 0.0
+            for j in range(V):
+                mass += q[j] if q[j] >= mid else 0.0
+            if mass >= top_p * total:
+                lo = mid
+            else:
+                hi = mid
+        for j in range(V):
+            if q[j] < lo:
+                q[j] = 0.0
+    z = 0.0
+    ez = 0.0  # sum q (lg - m)/T, for the entropy log Z - E[(lg - m)/T]
+    for j in range(V):
+        z += q[j]
+        ez += q[j] * (lg[j] - m) * inv_t
+    ent = math.log(z) - ez / z
+    u = _next_uniform(rng, b) * z
+    acc = 0.0
+    choice = V - 1
+    for j in range(V):
+        acc += q[j]
+        if u < acc:
+            choice = j
+            break
+    while q[choice] == 0.0:  # rounding at the top end of the CDF
+        choice -= 1
+    return choice, logz - lg[choice], ent
+
+
+@njit(cache=True)
+def _sample_chunk(logits, tt, ssm, down, up, wf, blocks, tiers, center, meta, n_steps, tokens_out,
+                  offset, rng, temperature, top_p, nll, ent):
+    """n_steps of: sample each row from logits, record it, step the model (logits updated in place)."""
+    B, V = logits.shape
+    tok = np.empty(B, np.int64)
+    q = np.empty(V, np.float64)
+    for i in range(n_steps):
+        for b in range(B):
+            choice, nll_b, ent_b = _sample_row(logits[b], q, temperature, top_p, rng, b)
+            tok[b] = choice
+            tokens_out[b, offset + i] = choice
+            nll[b] += nll_b
+            ent[b] += ent_b
+        _step(tok, tt, ssm, down, up, wf, blocks, tiers, center, meta, logits)
+
+
+@njit(cache=True, parallel=True)
+def _sample_groups(bounds, logits, tt, ssm, down, up, wf, blocks, tiers, center, meta, n_steps, tokens_out,
+                   offset, rng, temperature, top_p, nll, ent):
+    """Run `_sample_chunk` on row groups [bounds[g], bounds[g+1]) in parallel; advance t once."""
+    for g in prange(len(bounds) - 1):
+        lo, hi = bounds[g], bounds[g + 1]
+        t_local = tt.copy()
+        _sample_chunk(logits[lo:hi], t_local, ssm[lo:hi], down[lo:hi], up[lo:hi], wf, blocks, tiers, center,
+                      meta, n_steps, tokens_out[lo:hi], offset, rng[lo:hi], temperature, top_p, nll[lo:hi],
+                      ent[lo:hi])
+    tt[0] += n_steps
