@@ -58,7 +58,9 @@ def _linear(x, wf, w_off, b_off, n_in, n_out):
     """x (B, n_in) @ W^T (stored transposed, (n_in, n_out)) + b. Explicit loops: no BLAS threads.
 
     The batch loop sits inside the weight-row loop, so each row of W is read once per step for all B rows
-    (the weights, not the arithmetic, bound a step); each output still sums over i in order."""
+    (the weights, not the arithmetic, bound a step); each output still sums over i in order. With B > 1 the
+    weights are hot in L1 across the rows, and four weight rows per pass (one load and store of each output
+    per four multiply-adds) run ~2x faster; a single row streams W once and does better with one stream."""
     B = x.shape[0]
     w = wf[w_off: w_off + n_in * n_out].reshape(n_in, n_out)
     bias = wf[b_off: b_off + n_out]
@@ -67,13 +69,25 @@ def _linear(x, wf, w_off, b_off, n_in, n_out):
         yb = y[b]
         for j in range(n_out):
             yb[j] = bias[j]
-    for i in range(n_in):
+    i = 0
+    if B > 1:
+        while i + 4 <= n_in:
+            w0, w1, w2, w3 = w[i], w[i + 1], w[i + 2], w[i + 3]
+            for b in range(B):
+                xb = x[b]
+                x0, x1, x2, x3 = xb[i], xb[i + 1], xb[i + 2], xb[i + 3]
+                yb = y[b]
+                for j in range(n_out):
+                    yb[j] = (((yb[j] + x0 * w0[j]) + x1 * w1[j]) + x2 * w2[j]) + x3 * w3[j]
+            i += 4
+    while i < n_in:
         wi = w[i]
         for b in range(B):
             xi = x[b, i]
             yb = y[b]
             for j in range(n_out):
                 yb[j] += xi * wi[j]
+        i += 1
     return y
 
 
