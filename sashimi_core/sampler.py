@@ -123,6 +123,10 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
         raise ValueError(f"engine='fast' does not support this model ({type(model).__name__}); use 'torch'")
     if engine == "graph" and not graph_step.supports(model):
         raise ValueError(f"engine='graph' does not support this model ({type(model).__name__}); use 'torch'")
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"the model's weights hold NaN/inf values ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): nothing sensible can be sampled from it")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     gen = torch.Generator(device=device).manual_seed(int(seed))

@@ -62,3 +62,13 @@ def test_rank_orders_by_likelihood(model):
 def test_bad_arguments(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate(model, 10, **kwargs)
+
+
+@pytest.mark.parametrize("engine", ["fast", "torch"])
+def test_non_finite_weights_are_refused_clearly(engine):
+    torch.manual_seed(0)
+    broken = SaShiMi(PRESETS["sashimi-tiny"]).eval()
+    with torch.no_grad():
+        broken.head.bias[3] = float("nan")  # e.g. a diverged model built in a notebook
+    with pytest.raises(ValueError, match=r"NaN/inf values \(head.bias\)"):
+        generate(broken, 10, engine=engine)
