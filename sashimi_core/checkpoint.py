@@ -33,6 +33,15 @@ CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "READ
 _ARCHITECTURES: dict[str, tuple[type, type]] = {}
 
 
+def non_finite(named_tensors) -> list[str]:
+    """Names of the floating-point tensors in (name, tensor) pairs that hold NaN or inf."""
+    named = [(k, v) for k, v in named_tensors if v.is_floating_point()]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(v).all() for _, v in named]).tolist()  # one host sync on a GPU
+    return [k for (k, _), ok in zip(named, flags, strict=True) if not ok]
+
+
 def register_architecture(name: str, config_cls: type, model_cls: type) -> None:
     """Make ``load_model`` able to build ``model_cls(config_cls(**config))`` for config.json's architecture."""
     _ARCHITECTURES[name] = (config_cls, model_cls)
@@ -212,7 +221,7 @@ def load_model(directory, map_location: str | torch.device = "cpu") -> torch.nn.
     if missing or unexpected or bad:
         raise ValueError(f"{weights} does not match its config: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}, shape mismatches {bad[:5]}")
-    bad_values = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad_values = non_finite(state.items())
     if bad_values:
         raise ValueError(f"{weights} contains NaN/inf values in {bad_values[:5]}; the checkpoint is corrupted")
     model.load_state_dict(state)

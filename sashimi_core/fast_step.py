@@ -37,6 +37,7 @@ from sashimi_core.fast_kernels import (
     _sample_groups,
     _step,
 )
+from sashimi_core.sashimi import flatten_state
 
 if HAVE_NUMBA:
     import numba
@@ -206,7 +207,9 @@ class FastSaShiMi:
     def state_from_torch(self, state: tuple) -> dict:
         """Convert a `Backbone` state tuple (t, d, c, u) to the engine's arrays."""
         t, d, c, u = state
-        B = next(s for s in _flatten(state[1:]) if s is not None).shape[0]
+        leaves: list = []
+        flatten_state(state[1:], leaves)
+        B = leaves[0].shape[0]
         out = self.new_state(B)
         out["t"][0] = t
         res_states = list(c)
@@ -265,11 +268,3 @@ def seed_rng(seed: int, n: int) -> np.ndarray:
     mask = (1 << 64) - 1
     base = (int(seed) * 0x9E3779B97F4A7C15) & mask
     return np.array([(base + (i + 1) * 0xD1B54A32D192ED03) & mask for i in range(n)], dtype=np.uint64)
-
-
-def _flatten(x):
-    if isinstance(x, (tuple, list)):
-        for y in x:
-            yield from _flatten(y)
-    else:
-        yield x

@@ -22,28 +22,13 @@ import math
 import torch
 
 from sashimi_core import sampler  # (sampler imports this module: attribute looked up at call time)
+from sashimi_core.sashimi import flatten_state, unflatten_state
 
 
 def supports(model) -> bool:
     """True for SaShiMi token models (the backbone's step control flow is periodic in t)."""
     cfg = getattr(model, "cfg", None)
     return getattr(cfg, "architecture", "") == "sashimi" and hasattr(model, "backbone")
-
-
-def _flatten(tree, leaves: list):
-    """Nested tuples of tensors / None -> structure with leaf indices; leaves appended in order."""
-    if isinstance(tree, (tuple, list)):
-        return tuple(_flatten(x, leaves) for x in tree)
-    if tree is None:
-        return None
-    leaves.append(tree)
-    return len(leaves) - 1
-
-
-def _unflatten(spec, leaves: list):
-    if isinstance(spec, tuple):
-        return tuple(_unflatten(x, leaves) for x in spec)
-    return None if spec is None else leaves[spec]
 
 
 class GraphSampler:
@@ -60,7 +45,7 @@ class GraphSampler:
         self.t = int(state[0])
         self.period = math.prod(model.cfg.pool) if model.cfg.pool else 1
         leaves: list = []
-        self.spec = _flatten(state[1:], leaves)
+        self.spec = flatten_state(state[1:], leaves)
         self.leaves = [x.clone() for x in leaves]  # static: written in place by every step
         device = logits.device
         B = logits.shape[0]
@@ -78,10 +63,10 @@ class GraphSampler:
         token, logp = sampler.sample_from_uniform(self.logits, self.temperature, self.top_p, self.u)
         self.token.copy_(token)
         sampler.accumulate_stats(self.nll, self.ent, self.logits, token, logp)
-        state = (phase,) + _unflatten(self.spec, self.leaves)  # phase gives step t's control flow
+        state = (phase,) + unflatten_state(self.spec, self.leaves)  # phase gives step t's control flow
         logits, new_state = self.model.step(token, state)
         new_leaves: list = []
-        _flatten(new_state[1:], new_leaves)
+        flatten_state(new_state[1:], new_leaves)
         for dst, src in zip(self.leaves, new_leaves, strict=True):
             if src is not dst:  # tiers that did not tick pass their state through untouched
                 dst.copy_(src)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sashimi_core import fast_step, graph_step
+from sashimi_core import checkpoint, fast_step, graph_step
 
 PROGRESS_EVERY = 256  # steps between progress callbacks / stop checks
 
@@ -123,7 +123,7 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
         raise ValueError(f"engine='fast' does not support this model ({type(model).__name__}); use 'torch'")
     if engine == "graph" and not graph_step.supports(model):
         raise ValueError(f"engine='graph' does not support this model ({type(model).__name__}); use 'torch'")
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad = checkpoint.non_finite(model.named_parameters())
     if bad:
         raise ValueError(f"the model's weights hold NaN/inf values ({', '.join(bad[:3])}"
                          f"{', ...' if len(bad) > 3 else ''}): nothing sensible can be sampled from it")
@@ -209,17 +209,17 @@ def _fast_loop(model, logits, state, n_steps, n_samples, temperature, top_p, see
 
 def _graph_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats):
     """Sampling loop over `graph_step.GraphSampler` (CUDA graphs on GPU), PROGRESS_EVERY steps per block."""
-    sampler = graph_step.GraphSampler(model, logits, state, temperature, top_p)
+    engine = graph_step.GraphSampler(model, logits, state, temperature, top_p)
     out = torch.empty(n_samples, n_steps, dtype=torch.long, device=logits.device)
     done = 0
     while done < n_steps:
         n = min(PROGRESS_EVERY, n_steps - done)
         uniforms = torch.rand(n, n_samples, generator=gen, device=logits.device)
-        sampler.run(uniforms, out[:, done: done + n])
+        engine.run(uniforms, out[:, done: done + n])
         done += n
         if _report(done, n_steps, progress, stop, stats):
             break
-    return out, sampler.nll, sampler.ent, done
+    return out, engine.nll, engine.ent, done
 
 
 def _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats):

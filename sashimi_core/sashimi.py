@@ -192,6 +192,24 @@ class ResidualBlock(nn.Module):
         return None
 
 
+def flatten_state(tree, leaves: list):
+    """A `Backbone` state's nested tuples/lists of tensors and None -> the same structure holding leaf
+    indices; the tensors are appended to leaves in order."""
+    if isinstance(tree, (tuple, list)):
+        return tuple(flatten_state(x, leaves) for x in tree)
+    if tree is None:
+        return None
+    leaves.append(tree)
+    return len(leaves) - 1
+
+
+def unflatten_state(spec, leaves: list):
+    """Inverse of `flatten_state` (lists come back as tuples)."""
+    if isinstance(spec, tuple):
+        return tuple(unflatten_state(x, leaves) for x in spec)
+    return None if spec is None else leaves[spec]
+
+
 class Backbone(nn.Module):
     """The SaShiMi backbone (the reference's ``Sashimi``): (B, L, H) -> (B, L, H).
 
