@@ -36,6 +36,7 @@ from sashimi_core.fast_kernels import (
     T_UPS,
     _sample_groups,
     _step,
+    strip_pack,
 )
 from sashimi_core.sashimi import flatten_state
 
@@ -60,6 +61,10 @@ class _Packer:
         self.parts.append(a)
         self.size += a.size
         return self.size - a.size
+
+    def add_linear(self, linear: torch.nn.Linear) -> tuple[int, int]:
+        """Pack an nn.Linear for `_linear` (weight in strips, then bias) -> (weight offset, bias offset)."""
+        return self.addf(strip_pack(_np(linear.weight))), self.addf(_np(linear.bias))
 
     def array(self) -> np.ndarray:
         return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
@@ -127,16 +132,15 @@ class FastSaShiMi:
                 cplx = pk.addf(torch.stack([planes.real, planes.imag], 1).transpose(-1, -2).numpy())
                 lin = [m for m in layer.output_linear.modules() if isinstance(m, torch.nn.Linear)]
                 act = ACT_NONE if not lin else (ACT_GLU if lin[0].out_features == 2 * H else ACT_ID)
-                w = pk.addf(_np(lin[0].weight).T) if lin else -1
-                b = pk.addf(_np(lin[0].bias)) if lin else -1
+                w, b = pk.add_linear(lin[0]) if lin else (-1, -1)
                 row = [S4_BLOCK, H, act, norm, w, b, -1, -1, pk.addf(_np(layer.D)), cplx, n_state, N2,
                        pk.addf(beta.numpy())]
                 self._s4_layers.append((scale.numpy(), n_state, H, N2))  # state basis: sigma = s / scale
                 n_state += 2 * H * N2  # re plane then im plane, each (N/2, H)
             elif isinstance(layer, FFBlock):
                 lin1, lin2 = layer.ff[0][0], layer.ff[2]
-                row = [FF_BLOCK, H, 0, norm, pk.addf(_np(lin1.weight).T), pk.addf(_np(lin1.bias)),
-                       pk.addf(_np(lin2.weight).T), pk.addf(_np(lin2.bias)), -1, -1, -1, lin1.out_features, -1]
+                row = [FF_BLOCK, H, 0, norm, *pk.add_linear(lin1), *pk.add_linear(lin2), -1, -1, -1,
+                       lin1.out_features, -1]
             else:
                 raise ValueError(f"unsupported block {type(layer).__name__}")
             blocks.append(row)
@@ -155,8 +159,7 @@ class FastSaShiMi:
             start = len(blocks)
             for res in up[1:]:
                 add_block(res)
-            tiers[i] = [H, down.pool, pk.addf(_np(down.linear.weight).T), pk.addf(_np(down.linear.bias)),
-                        pk.addf(_np(up[0].linear.weight).T), pk.addf(_np(up[0].linear.bias)), start, len(blocks),
+            tiers[i] = [H, down.pool, *pk.add_linear(down.linear), *pk.add_linear(up[0].linear), start, len(blocks),
                         n_dbuf, n_ubuf, down.d_output]
             n_dbuf += down.pool * H
             n_ubuf += down.pool * H
@@ -166,7 +169,7 @@ class FastSaShiMi:
         self.n_state, self.n_dbuf, self.n_ubuf = n_state, max(n_dbuf, 1), max(n_ubuf, 1)
         self.embed = pk.addf(_np(model.embedding.weight))
         self.final_norm = pk.addf(np.stack([_np(bb.norm.weight), _np(bb.norm.bias)]))
-        self.head_w, self.head_b = pk.addf(_np(model.head.weight).T), pk.addf(_np(model.head.bias))
+        self.head_w, self.head_b = pk.add_linear(model.head)
         self.wf = pk.array()
         self.d_model, self.n_tokens = cfg.d_model, cfg.n_tokens
         self.meta = np.array([T, self.d_model, self.n_tokens, self.embed, self.final_norm, self.head_w,

@@ -36,18 +36,20 @@ def test_engine_gelu_matches_exact_gelu():
     assert np.abs(out - exact).max() < 2e-6
 
 
-@pytest.mark.parametrize("batch", [1, 2, 5])
-@pytest.mark.parametrize("n_in", [4, 7, 64])
-def test_engine_linear_matches_numpy(batch, n_in):
-    from sashimi_core.fast_kernels import _linear
+@pytest.mark.parametrize("batch", [1, 2, 3, 7])
+@pytest.mark.parametrize("n_in,n_out", [(4, 16), (7, 24), (64, 40), (33, 5)])
+def test_engine_linear_matches_numpy(batch, n_in, n_out):
+    """Every row tile (4, 2, 1 rows), odd input counts (the one-row kernel's two chains) and a partial strip."""
+    from sashimi_core.fast_kernels import _linear, strip_pack
 
     rng = np.random.default_rng(n_in)
-    n_out = 24
-    w, b = rng.standard_normal((n_in, n_out)), rng.standard_normal(n_out)
+    w, b = rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
     x = rng.standard_normal((batch, n_in)).astype(np.float32)
-    wf = np.concatenate([np.zeros(3), w.ravel(), b]).astype(np.float32)  # weights at an offset, as packed
-    y = _linear(x, wf, 3, 3 + n_in * n_out, n_in, n_out)
-    np.testing.assert_allclose(y, x.astype(np.float64) @ w + b, rtol=0, atol=1e-4)
+    packed = strip_pack(w.astype(np.float32))
+    wf = np.concatenate([np.zeros(3), packed, b]).astype(np.float32)  # weights at an offset, as packed
+    y = _linear(x, wf, 3, 3 + packed.size, n_in, n_out)
+    assert y.shape == (batch, n_out)
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T + b, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -1,0 +1,84 @@
+"""Eight-lane float32 vectors for numba kernels: an LLVM `<8 x float>` value type and a few intrinsics.
+
+numba vectorises simple loops, but not register tiles (several accumulators held across a reduction loop),
+which is what a small matrix product needs to reach the FMA peak. With `f32x8` values a kernel can spell the
+tile out; locals of this type live in registers (AVX2: one ymm each; on narrower SIMD LLVM splits them).
+
+    acc = vload(bias, j)                      # 8 consecutive float32 from a 1D array at index j
+    acc = vfma(vsplat(x[i]), vload(w, o), acc)
+    vstore(y, j, acc)
+
+Loads and stores are unaligned and unchecked: the caller keeps `index + 8 <= len(array)`.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+_V8 = ir.VectorType(ir.FloatType(), 8)
+
+
+class F32x8(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x8")
+
+
+f32x8 = F32x8()
+
+
+@register_model(F32x8)
+class _F32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V8)
+
+
+def _vector_ptr(context, builder, array_type, array, index):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [index]), _V8.as_pointer())
+
+
+@intrinsic
+def vload(typingctx, array, index):
+    """array[index: index + 8] as a vector (1D contiguous float32 array)."""
+    def codegen(context, builder, sig, args):
+        return builder.load(_vector_ptr(context, builder, sig.args[0], *args), align=4)
+    return f32x8(array, index), codegen
+
+
+@intrinsic
+def vstore(typingctx, array, index, value):
+    """array[index: index + 8] = value."""
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _vector_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+    return types.none(array, index, value), codegen
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    """A scalar (float32 or float64, rounded to float32) in all 8 lanes."""
+    def codegen(context, builder, sig, args):
+        x = args[0] if sig.args[0] == types.float32 else builder.fptrunc(args[0], ir.FloatType())
+        v = builder.insert_element(ir.Constant(_V8, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, ir.Constant(_V8, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+    return f32x8(x), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c, fused (one rounding)."""
+    def codegen(context, builder, sig, args):
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")
+        return builder.call(fma, list(args))
+    return f32x8(a, b, c), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """a + b."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(*args)
+    return f32x8(a, b), codegen
