@@ -2,7 +2,7 @@
 
 Every kernel reads weights from one flat float32 array `wf` at offsets held in two integer tables: one row per
 residual block (columns KIND..BETA) and one per pooling tier (T_H..T_DOUT). Activations are (B, H) float32,
-the S4 state is (B, n_state) float32 (per layer: re plane then im plane, each (N/2, H), channels innermost).
+the S4 state is (B, n_state) float32 (per layer: 16-channel tiles, see `tile_channels`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 try:
     from numba import njit, prange
 
-    from sashimi_core.simd import vadd, vfma, vload, vsplat, vstore
+    from sashimi_core.simd import vadd, vfma, vload, vmul, vsplat, vstore, vsub
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - numba comes with librosa
@@ -169,40 +169,102 @@ def _gelu(v):
     return np.float32(0.5) * v * (np.float32(1.0) + s * p / q)
 
 
+TILE = 16  # channels per S4 tile (two f32x8)
+
+
+def tile_channels(a: np.ndarray) -> np.ndarray:
+    """S4 planes (P, N/2, H) or states (B, P, N/2, H) -> the engine's flat layout (one row per leading index):
+    whole tiles of 16 channels, each (N/2, P, 16) contiguous, then the remaining H % 16 channels as (P, N/2, rest)."""
+    *lead, P, N2, H = a.shape
+    H16 = H - H % TILE
+    tiles = a[..., :H16].reshape(*lead, P, N2, H16 // TILE, TILE)
+    tiles = np.moveaxis(tiles, -2, -4)  # (..., tiles, P, N2, 16) -> below (..., tiles, N2, P, 16)
+    tiles = np.swapaxes(tiles, -3, -2)
+    flat = [tiles.reshape(*lead, -1), a[..., H16:].reshape(*lead, -1)]
+    return np.ascontiguousarray(np.concatenate(flat, axis=-1), dtype=np.float32)
+
+
+@njit(cache=True, fastmath=True)
+def _ssm_modes(s, pl, o, q, g, u, yr, yi):
+    """8 channels of one mode: sigma' = Ê sigma + u - (P̂ / B̂) g at state offset q (re, then im 16 later),
+    planes at o (plane k at o + 16 k); returns y = Re<dC2 B̂, sigma'> accumulated as (yr, yi)."""
+    sr, si = vload(s, q), vload(s, q + 16)
+    er, ei = vload(pl, o + 32), vload(pl, o + 48)
+    nr = vsub(vsub(vfma(er, sr, u), vmul(ei, si)), vmul(vload(pl, o + 64), g))
+    ni = vsub(vfma(ei, sr, vmul(er, si)), vmul(vload(pl, o + 80), g))
+    vstore(s, q, nr)
+    vstore(s, q + 16, ni)
+    return vfma(vload(pl, o + 96), nr, yr), vfma(vload(pl, o + 112), ni, yi)
+
+
 @njit(cache=True, fastmath=True)
 def _ssm_step(z, row, wf, ssm, act):
     """Bilinear S4 step on (B, H) inputs in the rescaled fused form of `fused_step_params`, real arithmetic on
     (re, im) planes; writes GELU(y + D u) to act.
 
-    Planes and state are (N/2, H) with channels innermost, so each pass is a vector loop over channels and
-    the per-channel sums over modes (g, y) accumulate in vectors, in mode order."""
+    Layout (`tile_channels`): per tile of 16 channels, planes (N/2, 8, 16) and each row's state (N/2, 2, 16)
+    are contiguous, so a tile's planes (16 KB at N/2 = 32) stream in order and stay in L1 across the batch
+    rows. The sums over modes (g, y) accumulate in f32x8 registers, real and imaginary parts in separate
+    chains. Channels past the last whole tile take a scalar loop."""
     B = z.shape[0]
     H, N2, c0, s0 = row[H_], row[N2F], row[CPLX], row[STATE]
-    HN = H * N2
-    pl = wf[c0: c0 + 8 * HN].reshape(8, N2, H)  # W B̂, Ê, P̂ / B̂, dC2 B̂ as (re, im) planes
     D = wf[row[DSKIP]: row[DSKIP] + H]
     beta = wf[row[BETA]: row[BETA] + H]
-    g = np.empty(H, np.float32)
-    y = np.empty(H, np.float32)
+    zero = vsplat(np.float32(0.0))
+    PT, ST = N2 * 8 * TILE, N2 * 2 * TILE  # floats per tile: planes, state
+    H16 = H - H % TILE
+    for t in range(H16 // TILE):
+        c = TILE * t
+        pl = wf[c0 + t * PT: c0 + (t + 1) * PT]
+        for b in range(B):
+            s = ssm[b, s0 + t * ST: s0 + (t + 1) * ST]
+            zb = z[b]
+            u0, u1 = vload(zb, c), vload(zb, c + 8)
+            gr0, gr1 = vmul(vload(beta, c), u0), vmul(vload(beta, c + 8), u1)  # g = Re<W B̂, sigma> + beta u
+            gi0 = gi1 = zero
+            for n in range(N2):
+                o, q = 8 * TILE * n, 2 * TILE * n
+                gr0, gr1 = vfma(vload(pl, o), vload(s, q), gr0), vfma(vload(pl, o + 8), vload(s, q + 8), gr1)
+                gi0 = vfma(vload(pl, o + 16), vload(s, q + 16), gi0)
+                gi1 = vfma(vload(pl, o + 24), vload(s, q + 24), gi1)
+            g0, g1 = vsub(gr0, gi0), vsub(gr1, gi1)
+            yr0 = yi0 = yr1 = yi1 = zero
+            for n in range(N2):
+                o, q = 8 * TILE * n, 2 * TILE * n
+                yr0, yi0 = _ssm_modes(s, pl, o, q, g0, u0, yr0, yi0)
+                yr1, yi1 = _ssm_modes(s, pl, o + 8, q + 8, g1, u1, yr1, yi1)
+            ab = act[b]
+            vstore(ab, c, vfma(vload(D, c), u0, vsub(yr0, yi0)))
+            vstore(ab, c + 8, vfma(vload(D, c + 8), u1, vsub(yr1, yi1)))
+    R = H - H16
+    if R:
+        n_tiles = H16 // TILE
+        pl = wf[c0 + n_tiles * PT: c0 + n_tiles * PT + 8 * N2 * R].reshape(8, N2, R)
+        g = np.empty(R, np.float32)
+        y = np.empty(R, np.float32)
+        for b in range(B):
+            s = ssm[b, s0 + n_tiles * ST: s0 + n_tiles * ST + 2 * N2 * R].reshape(2, N2, R)
+            u = z[b, H16:]
+            for h in range(R):
+                g[h] = beta[H16 + h] * u[h]
+                y[h] = 0.0
+            for n in range(N2):
+                for h in range(R):
+                    g[h] += pl[0, n, h] * s[0, n, h] - pl[1, n, h] * s[1, n, h]
+            for n in range(N2):
+                for h in range(R):
+                    sr, si = s[0, n, h], s[1, n, h]
+                    nr = pl[2, n, h] * sr - pl[3, n, h] * si + u[h] - pl[4, n, h] * g[h]
+                    ni = pl[2, n, h] * si + pl[3, n, h] * sr - pl[5, n, h] * g[h]
+                    s[0, n, h] = nr
+                    s[1, n, h] = ni
+                    y[h] += pl[6, n, h] * nr - pl[7, n, h] * ni
+            for h in range(R):
+                act[b, H16 + h] = y[h] + D[H16 + h] * u[h]
     for b in range(B):
-        s = ssm[b, s0: s0 + 2 * HN].reshape(2, N2, H)
-        u = z[b]
+        ab = act[b]
         for h in range(H):
-            g[h] = beta[h] * u[h]
-            y[h] = 0.0
-        for n in range(N2):  # g = Re<W B̂, sigma> + beta u
-            for h in range(H):
-                g[h] += pl[0, n, h] * s[0, n, h] - pl[1, n, h] * s[1, n, h]
-        for n in range(N2):  # sigma' = Ê sigma + u - (P̂ / B̂) g;  y = Re<dC2 B̂, sigma'>
-            for h in range(H):
-                sr, si = s[0, n, h], s[1, n, h]
-                nr = pl[2, n, h] * sr - pl[3, n, h] * si + u[h] - pl[4, n, h] * g[h]
-                ni = pl[2, n, h] * si + pl[3, n, h] * sr - pl[5, n, h] * g[h]
-                s[0, n, h] = nr
-                s[1, n, h] = ni
-                y[h] += pl[6, n, h] * nr - pl[7, n, h] * ni
-        for h in range(H):
-            act[b, h] = _gelu(y[h] + D[h] * u[h])
+            ab[h] = _gelu(ab[h])
 
 
 @njit(cache=True)

@@ -37,6 +37,7 @@ from sashimi_core.fast_kernels import (
     _sample_groups,
     _step,
     strip_pack,
+    tile_channels,
 )
 from sashimi_core.sashimi import flatten_state
 
@@ -127,16 +128,17 @@ class FastSaShiMi:
             if isinstance(layer, S4Block):
                 planes, beta, scale = fused_step_params(layer.kernel.step_params(torch.complex128))
                 N2 = layer.kernel.N2
-                # 8 float32 planes (re, im of each), each (N/2, H), channels innermost: the step's loops then run
-                # over channels with no horizontal sums (real arithmetic vectorises, complex does not)
-                cplx = pk.addf(torch.stack([planes.real, planes.imag], 1).transpose(-1, -2).numpy())
+                # 8 float32 planes (re, im of each), each (N/2, H), in tiles of 16 channels: the step's vectors
+                # run over channels with no horizontal sums (real arithmetic vectorises, complex does not)
+                cplx = pk.addf(tile_channels(torch.stack([planes.real, planes.imag], 1).reshape(8, H, N2)
+                                             .transpose(-1, -2).numpy()))
                 lin = [m for m in layer.output_linear.modules() if isinstance(m, torch.nn.Linear)]
                 act = ACT_NONE if not lin else (ACT_GLU if lin[0].out_features == 2 * H else ACT_ID)
                 w, b = pk.add_linear(lin[0]) if lin else (-1, -1)
                 row = [S4_BLOCK, H, act, norm, w, b, -1, -1, pk.addf(_np(layer.D)), cplx, n_state, N2,
                        pk.addf(beta.numpy())]
                 self._s4_layers.append((scale.numpy(), n_state, H, N2))  # state basis: sigma = s / scale
-                n_state += 2 * H * N2  # re plane then im plane, each (N/2, H)
+                n_state += 2 * H * N2  # (re, im) x (N/2, H), tiled
             elif isinstance(layer, FFBlock):
                 lin1, lin2 = layer.ff[0][0], layer.ff[2]
                 row = [FF_BLOCK, H, 0, norm, *pk.add_linear(lin1), *pk.add_linear(lin2), -1, -1, -1,
@@ -225,9 +227,8 @@ class FastSaShiMi:
             out["up"][:, self.tiers[i, T_UBUF]: self.tiers[i, T_UBUF] + p * H] = _np(u[T - 1 - i][0]).reshape(B, -1)
         s4_states = [s for s in res_states if s is not None]
         for (scale, off, H, N2), s in zip(self._s4_layers, s4_states, strict=True):
-            s = (_np(s) / scale).transpose(0, 2, 1).reshape(B, -1)  # (B, H, N/2) -> (B, N/2 * H), rescaled
-            out["ssm"][:, off: off + H * N2] = s.real
-            out["ssm"][:, off + H * N2: off + 2 * H * N2] = s.imag
+            s = (_np(s) / scale).transpose(0, 2, 1)  # (B, H, N/2) -> (B, N/2, H), rescaled
+            out["ssm"][:, off: off + 2 * H * N2] = tile_channels(np.stack([s.real, s.imag], 1))
         return out
 
     # ---- running ------------------------------------------------------------------------------------

@@ -82,3 +82,19 @@ def vadd(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.fadd(*args)
     return f32x8(a, b), codegen
+
+
+@intrinsic
+def vsub(typingctx, a, b):
+    """a - b."""
+    def codegen(context, builder, sig, args):
+        return builder.fsub(*args)
+    return f32x8(a, b), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """a * b."""
+    def codegen(context, builder, sig, args):
+        return builder.fmul(*args)
+    return f32x8(a, b), codegen
