@@ -13,7 +13,7 @@ import numpy as np
 try:
     from numba import njit, prange
 
-    from sashimi_core.simd import vadd, vfma, vload, vmul, vsplat, vstore, vsub
+    from sashimi_core.simd import vadd, vdiv, vfma, vload, vmax, vmin, vmul, vsplat, vstore, vsub
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - numba comes with librosa
@@ -169,6 +169,35 @@ def _gelu(v):
     return np.float32(0.5) * v * (np.float32(1.0) + s * p / q)
 
 
+@njit(cache=True, fastmath=True)
+def _gelu8(v):
+    """`_gelu` on 8 lanes (numba leaves the scalar loop unvectorised: ~6 ns a value)."""
+    s = vmin(vmax(vmul(v, vsplat(np.float32(0.7071067811865476))), vsplat(np.float32(-4.0))),
+             vsplat(np.float32(4.0)))
+    s2 = vmul(s, s)
+    p = vsplat(np.float32(_ERF_P[0]))
+    for c in _ERF_P[1:]:
+        p = vfma(p, s2, vsplat(np.float32(c)))
+    q = vsplat(np.float32(_ERF_Q[0]))
+    for c in _ERF_Q[1:]:
+        q = vfma(q, s2, vsplat(np.float32(c)))
+    half_v = vmul(vsplat(np.float32(0.5)), v)
+    return vfma(half_v, vdiv(vmul(s, p), q), half_v)
+
+
+@njit(cache=True, fastmath=True)
+def _gelu_rows(a):
+    """GELU of a (B, n) in place."""
+    B, n = a.shape
+    n8 = n - n % 8
+    for b in range(B):
+        ab = a[b]
+        for j in range(0, n8, 8):
+            vstore(ab, j, _gelu8(vload(ab, j)))
+        for j in range(n8, n):
+            ab[j] = _gelu(ab[j])
+
+
 TILE = 16  # channels per S4 tile (two f32x8)
 
 
@@ -261,10 +290,7 @@ def _ssm_step(z, row, wf, ssm, act):
                     y[h] += pl[6, n, h] * nr - pl[7, n, h] * ni
             for h in range(R):
                 act[b, H16 + h] = y[h] + D[H16 + h] * u[h]
-    for b in range(B):
-        ab = act[b]
-        for h in range(H):
-            ab[h] = _gelu(ab[h])
+    _gelu_rows(act)
 
 
 @njit(cache=True)
@@ -278,9 +304,7 @@ def _blocks(x, start, end, blocks, wf, ssm):
         if row[KIND] == FF_BLOCK:
             F = row[N2F]
             hid = _linear(z, wf, row[W1], row[B1], H, F)
-            for b in range(B):
-                for j in range(F):
-                    hid[b, j] = _gelu(hid[b, j])
+            _gelu_rows(hid)
             y = _linear(hid, wf, row[W2], row[B2], F, H)
         else:
             act = np.empty((B, H), np.float32)

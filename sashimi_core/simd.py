@@ -98,3 +98,24 @@ def vmul(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.fmul(*args)
     return f32x8(a, b), codegen
+
+
+@intrinsic
+def vdiv(typingctx, a, b):
+    """a / b."""
+    def codegen(context, builder, sig, args):
+        return builder.fdiv(*args)
+    return f32x8(a, b), codegen
+
+
+def _llvm_binary(name):
+    def typer(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 2), name)
+            return builder.call(fn, list(args))
+        return f32x8(a, b), codegen
+    return intrinsic(typer)
+
+
+vmin = _llvm_binary("llvm.minnum.v8f32")  # lane-wise min / max
+vmax = _llvm_binary("llvm.maxnum.v8f32")

@@ -20,9 +20,10 @@ def _perturbed(name, seed=0):
 
 
 def test_engine_gelu_matches_exact_gelu():
+    """The scalar GELU and the 8-lane one (`_gelu_rows`: whole vectors plus a scalar tail of 5 per row)."""
     from numba import njit
 
-    from sashimi_core.fast_kernels import _gelu
+    from sashimi_core.fast_kernels import _gelu, _gelu_rows
 
     @njit
     def apply(x, out):
@@ -34,6 +35,9 @@ def test_engine_gelu_matches_exact_gelu():
     apply(x, out)
     exact = torch.nn.functional.gelu(torch.from_numpy(x).double()).numpy()
     assert np.abs(out - exact).max() < 2e-6
+    rows = x[:-1].reshape(8, 25_000)[:, :24_997].copy()  # 24,997 = 8 * 3,124 + 5
+    _gelu_rows(rows)
+    assert np.abs(rows - exact[:-1].reshape(8, 25_000)[:, :24_997]).max() < 2e-6
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 7])
