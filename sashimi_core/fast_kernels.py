@@ -13,7 +13,7 @@ import numpy as np
 try:
     from numba import njit, prange
 
-    from sashimi_core.simd import vadd, vdiv, vfma, vload, vmax, vmin, vmul, vsplat, vstore, vsub
+    from sashimi_core.simd import prefetch, vadd, vdiv, vfma, vload, vmax, vmin, vmul, vsplat, vstore, vsub
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - numba comes with librosa
@@ -123,7 +123,9 @@ def _linear(x, wf, w_off, b_off, n_in, n_out):
             a0, a1 = bias0, bias1
             c0 = c1 = vsplat(np.float32(0.0))
             i = 0
-            while i + 2 <= n_in:
+            while i + 2 <= n_in:  # one row does 2 FMAs per cache line: ask for the lines 8 KB ahead
+                prefetch(wf, w_off + j * n_in + STRIP * i + 2048)
+                prefetch(wf, w_off + j * n_in + STRIP * i + 2064)
                 v = vsplat(xb[i])
                 a0, a1 = vfma(v, vload(w, STRIP * i), a0), vfma(v, vload(w, STRIP * i + 8), a1)
                 v = vsplat(xb[i + 1])
@@ -260,6 +262,9 @@ def _ssm_step(z, row, wf, ssm, act):
             yr0 = yi0 = yr1 = yi1 = zero
             for n in range(N2):
                 o, q = 8 * TILE * n, 2 * TILE * n
+                if b == B - 1:  # the next tile's planes, one line per plane and mode (a hint: never faults)
+                    for k in range(0, 8 * TILE, 16):
+                        prefetch(wf, c0 + (t + 1) * PT + o + k)
                 yr0, yi0 = _ssm_modes(s, pl, o, q, g0, u0, yr0, yi0)
                 yr1, yi1 = _ssm_modes(s, pl, o + 8, q + 8, g1, u1, yr1, yi1)
             ab = act[b]

@@ -119,3 +119,17 @@ def _llvm_binary(name):
 
 vmin = _llvm_binary("llvm.minnum.v8f32")  # lane-wise min / max
 vmax = _llvm_binary("llvm.maxnum.v8f32")
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint that array[index] will be read soon (llvm.prefetch: read, keep in all cache levels)."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(array, index), codegen
