@@ -9,6 +9,7 @@ tile out; locals of this type live in registers (AVX2: one ymm each; on narrower
     vstore(y, j, acc)
 
 Loads and stores are unaligned and unchecked: the caller keeps `index + 8 <= len(array)`.
+numba's on-disk cache does not notice edits to this file: delete `sashimi_core/__pycache__/*.nb[ci]` after one.
 """
 from __future__ import annotations
 
@@ -67,58 +68,35 @@ def vsplat(typingctx, x):
     return f32x8(x), codegen
 
 
-@intrinsic
-def vfma(typingctx, a, b, c):
-    """a * b + c, fused (one rounding)."""
-    def codegen(context, builder, sig, args):
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")
-        return builder.call(fma, list(args))
-    return f32x8(a, b, c), codegen
+def _lanewise(emit, doc, n_args=2):
+    """An intrinsic of n_args f32x8 values -> f32x8 whose IR is emit(builder, [values])."""
+    def codegen(context, builder, sig, values):
+        return emit(builder, list(values))
 
-
-@intrinsic
-def vadd(typingctx, a, b):
-    """a + b."""
-    def codegen(context, builder, sig, args):
-        return builder.fadd(*args)
-    return f32x8(a, b), codegen
-
-
-@intrinsic
-def vsub(typingctx, a, b):
-    """a - b."""
-    def codegen(context, builder, sig, args):
-        return builder.fsub(*args)
-    return f32x8(a, b), codegen
-
-
-@intrinsic
-def vmul(typingctx, a, b):
-    """a * b."""
-    def codegen(context, builder, sig, args):
-        return builder.fmul(*args)
-    return f32x8(a, b), codegen
-
-
-@intrinsic
-def vdiv(typingctx, a, b):
-    """a / b."""
-    def codegen(context, builder, sig, args):
-        return builder.fdiv(*args)
-    return f32x8(a, b), codegen
-
-
-def _llvm_binary(name):
-    def typer(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * 2), name)
-            return builder.call(fn, list(args))
-        return f32x8(a, b), codegen
+    if n_args == 2:
+        def typer(typingctx, a, b):
+            return f32x8(a, b), codegen
+    else:
+        def typer(typingctx, a, b, c):
+            return f32x8(a, b, c), codegen
+    typer.__doc__ = doc
     return intrinsic(typer)
 
 
-vmin = _llvm_binary("llvm.minnum.v8f32")  # lane-wise min / max
-vmax = _llvm_binary("llvm.maxnum.v8f32")
+def _llvm_call(name, n_args):
+    def emit(builder, args):
+        return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8] * n_args),
+                                                           name), args)
+    return emit
+
+
+vadd = _lanewise(lambda b, a: b.fadd(*a), "a + b")
+vsub = _lanewise(lambda b, a: b.fsub(*a), "a - b")
+vmul = _lanewise(lambda b, a: b.fmul(*a), "a * b")
+vdiv = _lanewise(lambda b, a: b.fdiv(*a), "a / b")
+vmin = _lanewise(_llvm_call("llvm.minnum.v8f32", 2), "lane-wise min")
+vmax = _lanewise(_llvm_call("llvm.maxnum.v8f32", 2), "lane-wise max")
+vfma = _lanewise(_llvm_call("llvm.fma.v8f32", 3), "a * b + c, fused (one rounding)", n_args=3)
 
 
 @intrinsic
@@ -128,8 +106,8 @@ def prefetch(typingctx, array, index):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
+        signature = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, signature, "llvm.prefetch.p0i8")
         builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
     return types.none(array, index), codegen
