@@ -35,6 +35,12 @@ class _F32x8Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _V8)
 
 
+def _float32_row(array, index) -> bool:
+    """Typing guard: a 1D float32 array (anything else would be reinterpreted, not converted) and an integer."""
+    return (isinstance(array, types.Array) and array.ndim == 1 and array.dtype == types.float32
+            and isinstance(index, types.Integer))
+
+
 def _vector_ptr(context, builder, array_type, array, index):
     data = context.make_array(array_type)(context, builder, array).data
     return builder.bitcast(builder.gep(data, [index]), _V8.as_pointer())
@@ -43,6 +49,9 @@ def _vector_ptr(context, builder, array_type, array, index):
 @intrinsic
 def vload(typingctx, array, index):
     """array[index: index + 8] as a vector (1D contiguous float32 array)."""
+    if not _float32_row(array, index):
+        return None
+
     def codegen(context, builder, sig, args):
         return builder.load(_vector_ptr(context, builder, sig.args[0], *args), align=4)
     return f32x8(array, index), codegen
@@ -51,6 +60,9 @@ def vload(typingctx, array, index):
 @intrinsic
 def vstore(typingctx, array, index, value):
     """array[index: index + 8] = value."""
+    if not (_float32_row(array, index) and value == f32x8):
+        return None
+
     def codegen(context, builder, sig, args):
         builder.store(args[2], _vector_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
         return context.get_dummy_value()
@@ -60,6 +72,9 @@ def vstore(typingctx, array, index, value):
 @intrinsic
 def vsplat(typingctx, x):
     """A scalar (float32 or float64, rounded to float32) in all 8 lanes."""
+    if not isinstance(x, types.Float):
+        return None
+
     def codegen(context, builder, sig, args):
         x = args[0] if sig.args[0] == types.float32 else builder.fptrunc(args[0], ir.FloatType())
         v = builder.insert_element(ir.Constant(_V8, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
@@ -75,10 +90,10 @@ def _lanewise(emit, doc, n_args=2):
 
     if n_args == 2:
         def typer(typingctx, a, b):
-            return f32x8(a, b), codegen
+            return (f32x8(a, b), codegen) if a == b == f32x8 else None
     else:
         def typer(typingctx, a, b, c):
-            return f32x8(a, b, c), codegen
+            return (f32x8(a, b, c), codegen) if a == b == c == f32x8 else None
     typer.__doc__ = doc
     return intrinsic(typer)
 
