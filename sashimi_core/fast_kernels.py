@@ -407,14 +407,16 @@ def _sample_row(lg, q, temperature, top_p, rng, b):
     m = lg.max()
     z1 = 0.0
     for j in range(V):
-        z1 += math.exp(lg[j] - m)
+        q[j] = math.exp(lg[j] - m)
+        z1 += q[j]
     logz = m + math.log(z1)
     if temperature == 0.0:
         choice = int(np.argmax(lg))
         return choice, logz - lg[choice], 0.0
     inv_t = 1.0 / temperature
-    for j in range(V):
-        q[j] = math.exp((lg[j] - m) * inv_t)
+    if temperature != 1.0:  # at T = 1 the sampling weights are the exponentials just summed
+        for j in range(V):
+            q[j] = math.exp((lg[j] - m) * inv_t)
     if top_p < 1.0:
         # nucleus = {q >= tau} for the largest tau whose set still holds top_p of the mass (the k most
         # likely tokens, as in the torch sampler), found by bisection instead of a sort

@@ -153,3 +153,28 @@ def test_cost_counts_the_work_the_torch_step_does(name):
     cost = FastSaShiMi(model).cost()
     assert cost["flops_per_sample"] == pytest.approx((2 * macs[0] + 20 * modes[0]) / 32)
     assert cost["state_bytes_per_row_step"] == pytest.approx(16 * modes[0] / 32)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8), (1.6, 0.6)])
+def test_engine_sampler_draws_from_the_tempered_nucleus(temperature, top_p):
+    """`_sample_row`'s draws follow softmax(logits / T) cut to the smallest top set holding top_p of the mass;
+    it returns the model's NLL of the draw (at T = 1, no cut) and the entropy of the distribution it drew from."""
+    from sashimi_core.fast_kernels import _sample_row
+    from sashimi_core.fast_step import seed_rng
+
+    lg = np.random.default_rng(3).normal(0, 1.5, 16).astype(np.float32)
+    w = np.exp((lg.astype(np.float64) - lg.max()) / temperature)
+    order = np.argsort(-w)
+    keep = order[: int(np.searchsorted(np.cumsum(w[order]) / w.sum(), top_p - 1e-12)) + 1]
+    p = np.zeros(16)
+    p[keep] = w[keep] / w[keep].sum()
+    logz = np.log(np.exp(lg.astype(np.float64) - lg.max()).sum()) + lg.max()
+    q, rng, n = np.empty(16), seed_rng(5, 1), 40_000
+    counts = np.zeros(16)
+    for _ in range(n):
+        choice, nll, ent = _sample_row(lg, q, temperature, top_p, rng, 0)
+        counts[choice] += 1
+        assert abs(nll - (logz - lg[choice])) < 1e-6
+    assert abs(ent - -(p[p > 0] * np.log(p[p > 0])).sum()) < 1e-6
+    assert np.abs(counts / n - p).max() < 4 * np.sqrt(0.25 / n)  # 4 sigma at worst
+    assert counts[p == 0].sum() == 0
