@@ -2,7 +2,8 @@
 
 Every kernel reads weights from one flat float32 array `wf` at offsets held in two integer tables: one row per
 residual block (columns KIND..BETA) and one per pooling tier (T_H..T_DOUT). Activations are (B, H) float32,
-the S4 state is (B, n_state) float32 (per layer: 16-channel tiles, see `tile_channels`).
+the S4 state is (B, n_state) float32 (per layer: 16-channel tiles, see `tile_channels`, then the
+carried sum of `_ssm_step`).
 """
 from __future__ import annotations
 
@@ -218,16 +219,18 @@ def tile_channels(a: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, fastmath=True)
-def _ssm_modes(s, pl, o, q, g, u, yr, yi):
+def _ssm_modes(s, pl, o, q, g, u, yr, yi, wr, wi):
     """8 channels of one mode: sigma' = Ê sigma + u - (P̂ / B̂) g at state offset q (re, then im 16 later),
-    planes at o (plane k at o + 16 k); returns y = Re<dC2 B̂, sigma'> accumulated as (yr, yi)."""
+    planes at o (plane k at o + 16 k). Accumulates y = Re<dC2 B̂, sigma'> as (yr, yi) and the next step's
+    Re<W B̂, sigma'> as (wr, wi)."""
     sr, si = vload(s, q), vload(s, q + 16)
     er, ei = vload(pl, o + 32), vload(pl, o + 48)
     nr = vsub(vsub(vfma(er, sr, u), vmul(ei, si)), vmul(vload(pl, o + 64), g))
     ni = vsub(vfma(ei, sr, vmul(er, si)), vmul(vload(pl, o + 80), g))
     vstore(s, q, nr)
     vstore(s, q + 16, ni)
-    return vfma(vload(pl, o + 96), nr, yr), vfma(vload(pl, o + 112), ni, yi)
+    return (vfma(vload(pl, o + 96), nr, yr), vfma(vload(pl, o + 112), ni, yi),
+            vfma(vload(pl, o), nr, wr), vfma(vload(pl, o + 16), ni, wi))
 
 
 @njit(cache=True, fastmath=True)
@@ -235,10 +238,12 @@ def _ssm_step(z, row, wf, ssm, act):
     """Bilinear S4 step on (B, H) inputs in the rescaled fused form of `fused_step_params`, real arithmetic on
     (re, im) planes; writes GELU(y + D u) to act.
 
-    Layout (`tile_channels`): per tile of 16 channels, planes (N/2, 8, 16) and each row's state (N/2, 2, 16)
-    are contiguous, so a tile's planes (16 KB at N/2 = 32) stream in order and stay in L1 across the batch
-    rows. The sums over modes (g, y) accumulate in f32x8 registers, real and imaginary parts in separate
-    chains. Channels past the last whole tile take a scalar loop."""
+    One pass over the state: g = Re<W B̂, sigma> + beta u needs the whole state before any mode is updated, so
+    the update pass also sums Re<W B̂, sigma'> for the next step and keeps it after the layer's state (H
+    floats per row, `state_from_torch` fills it). Layout (`tile_channels`): per tile of 16 channels, planes
+    (N/2, 8, 16) and each row's state (N/2, 2, 16) are contiguous, so a tile's planes (16 KB at N/2 = 32)
+    stream in order and stay in L1 across the batch rows. The sums over modes accumulate in f32x8 registers,
+    real and imaginary parts in separate chains. Channels past the last whole tile take a scalar loop."""
     B = z.shape[0]
     H, N2, c0, s0 = row[H_], row[N2F], row[CPLX], row[STATE]
     D = wf[row[DSKIP]: row[DSKIP] + H]
@@ -246,29 +251,33 @@ def _ssm_step(z, row, wf, ssm, act):
     zero = vsplat(np.float32(0.0))
     PT, ST = N2 * 8 * TILE, N2 * 2 * TILE  # floats per tile: planes, state
     H16 = H - H % TILE
+    w0 = s0 + 2 * N2 * H  # the carried Re<W B̂, sigma> (H,)
     for t in range(H16 // TILE):
         c = TILE * t
         pl = wf[c0 + t * PT: c0 + (t + 1) * PT]
         for b in range(B):
             s = ssm[b, s0 + t * ST: s0 + (t + 1) * ST]
+            carry = ssm[b, w0: w0 + H]
             zb = z[b]
             u0, u1 = vload(zb, c), vload(zb, c + 8)
-            gr0, gr1 = vmul(vload(beta, c), u0), vmul(vload(beta, c + 8), u1)  # g = Re<W B̂, sigma> + beta u
-            gi0 = gi1 = zero
+            g0 = vfma(vload(beta, c), u0, vload(carry, c))
+            g1 = vfma(vload(beta, c + 8), u1, vload(carry, c + 8))
+            yr0 = yi0 = yr1 = yi1 = wr0 = wi0 = wr1 = wi1 = zero
+            # the state tile read next (the next row's, after the last row the next tile's first): each is 4 KB
+            # of its own, rows are n_state apart, and the one pass no longer streams it ahead of the arithmetic
+            nrow = ssm[b + 1] if b + 1 < B else ssm[0]
+            noff = s0 + t * ST if b + 1 < B else s0 + (t + 1) * ST
             for n in range(N2):
                 o, q = 8 * TILE * n, 2 * TILE * n
-                gr0, gr1 = vfma(vload(pl, o), vload(s, q), gr0), vfma(vload(pl, o + 8), vload(s, q + 8), gr1)
-                gi0 = vfma(vload(pl, o + 16), vload(s, q + 16), gi0)
-                gi1 = vfma(vload(pl, o + 24), vload(s, q + 24), gi1)
-            g0, g1 = vsub(gr0, gi0), vsub(gr1, gi1)
-            yr0 = yi0 = yr1 = yi1 = zero
-            for n in range(N2):
-                o, q = 8 * TILE * n, 2 * TILE * n
+                prefetch(nrow, noff + q)
+                prefetch(nrow, noff + q + 16)
                 if b == B - 1:  # the next tile's planes, one line per plane and mode (a hint: never faults)
                     for k in range(0, 8 * TILE, 16):
                         prefetch(wf, c0 + (t + 1) * PT + o + k)
-                yr0, yi0 = _ssm_modes(s, pl, o, q, g0, u0, yr0, yi0)
-                yr1, yi1 = _ssm_modes(s, pl, o + 8, q + 8, g1, u1, yr1, yi1)
+                yr0, yi0, wr0, wi0 = _ssm_modes(s, pl, o, q, g0, u0, yr0, yi0, wr0, wi0)
+                yr1, yi1, wr1, wi1 = _ssm_modes(s, pl, o + 8, q + 8, g1, u1, yr1, yi1, wr1, wi1)
+            vstore(carry, c, vsub(wr0, wi0))
+            vstore(carry, c + 8, vsub(wr1, wi1))
             ab = act[b]
             vstore(ab, c, vfma(vload(D, c), u0, vsub(yr0, yi0)))
             vstore(ab, c + 8, vfma(vload(D, c + 8), u1, vsub(yr1, yi1)))
@@ -280,13 +289,12 @@ def _ssm_step(z, row, wf, ssm, act):
         y = np.empty(R, np.float32)
         for b in range(B):
             s = ssm[b, s0 + n_tiles * ST: s0 + n_tiles * ST + 2 * N2 * R].reshape(2, N2, R)
+            carry = ssm[b, w0 + H16: w0 + H]
             u = z[b, H16:]
             for h in range(R):
-                g[h] = beta[H16 + h] * u[h]
+                g[h] = carry[h] + beta[H16 + h] * u[h]
                 y[h] = 0.0
-            for n in range(N2):
-                for h in range(R):
-                    g[h] += pl[0, n, h] * s[0, n, h] - pl[1, n, h] * s[1, n, h]
+                carry[h] = 0.0
             for n in range(N2):
                 for h in range(R):
                     sr, si = s[0, n, h], s[1, n, h]
@@ -295,6 +303,7 @@ def _ssm_step(z, row, wf, ssm, act):
                     s[0, n, h] = nr
                     s[1, n, h] = ni
                     y[h] += pl[6, n, h] * nr - pl[7, n, h] * ni
+                    carry[h] += pl[0, n, h] * nr - pl[1, n, h] * ni
             for h in range(R):
                 act[b, H16 + h] = y[h] + D[H16 + h] * u[h]
     _gelu_rows(act)

@@ -4,7 +4,7 @@ The torch step path (`SaShiMi.step`) launches hundreds of small tensor ops per a
 dispatch overhead dominate (~100 samples/s). Here the weights are packed once into a flat float32 array
 (the discrete SSM quantities computed in float64 by `S4Kernel.step_params`, fused by `fused_step_params`)
 and one numba function runs a chunk of steps: embedding, pooling tiers (a tier only runs when its block
-completes), S4 recurrences (the Woodbury bilinear step of s4.py, algebraically fused into two passes over
+completes), S4 recurrences (the Woodbury bilinear step of s4.py, algebraically fused into one pass over
 the state), FF blocks, head, then temperature/top-p sampling
 with a per-row counter-based RNG. Logits equal the torch step path to float32 rounding (tested to 1e-4).
 
@@ -81,8 +81,8 @@ def fused_step_params(p: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     (W = 2w, Ê = Dinv E, B̂ = Dinv B2, P̂ = Dinv P). In the rescaled state sigma = s / B̂ (a diagonal change of
     basis, which leaves the outputs unchanged) the input enters with coefficient 1:
         g = Re<W B̂, sigma> + beta u,   sigma' = Ê sigma + u - (P̂ / B̂) g,   y = Re<dC2 B̂, sigma'>.
-    planes = (W B̂, Ê, P̂ / B̂, dC2 B̂): the same exact step in two passes and 8 real planes (the three-pass
-    form reads 16 plane values per mode). |B̂| is floored at 1e-12 of the channel's largest, so a mode whose
+    planes = (W B̂, Ê, P̂ / B̂, dC2 B̂): the same exact step with 8 real planes (the three-pass form reads 16
+    plane values per mode), in one pass over the state when Re<W B̂, sigma'> is summed during the update. |B̂| is floored at 1e-12 of the channel's largest, so a mode whose
     input weight vanishes keeps a finite basis (it then gets an input of relative size 1e-12)."""
     Dinv, E, B2 = p["Dinv"], p["E"], p["B2"]
     if "P" in p:
@@ -137,8 +137,9 @@ class FastSaShiMi:
                 w, b = pk.add_linear(lin[0]) if lin else (-1, -1)
                 row = [S4_BLOCK, H, act, norm, w, b, -1, -1, pk.addf(_np(layer.D)), cplx, n_state, N2,
                        pk.addf(beta.numpy())]
-                self._s4_layers.append((scale.numpy(), n_state, H, N2))  # state basis: sigma = s / scale
-                n_state += 2 * H * N2  # (re, im) x (N/2, H), tiled
+                # state basis sigma = s / scale; W B̂ gives the carried sum Re<W B̂, sigma> of `_ssm_step`
+                self._s4_layers.append((scale.numpy(), planes[0].numpy(), n_state, H, N2))
+                n_state += 2 * H * N2 + H  # (re, im) x (N/2, H), tiled; then the carried sum (H,)
             elif isinstance(layer, FFBlock):
                 lin1, lin2 = layer.ff[0][0], layer.ff[2]
                 row = [FF_BLOCK, H, 0, norm, *pk.add_linear(lin1), *pk.add_linear(lin2), -1, -1, -1,
@@ -179,7 +180,7 @@ class FastSaShiMi:
 
     def cost(self) -> dict:
         """Work per generated sample, averaged over a pooling cycle: a block at tier i runs every prod(pool[:i])
-        steps. flops: 2 per weight multiply-add plus 20 per S4 mode and channel (the fused step's two passes);
+        steps. flops: 2 per weight multiply-add plus 20 per S4 mode and channel (the fused step);
         weight_bytes: weights and planes read per step (shared by the batch rows of one thread);
         state_bytes: S4 state read and written per step and row."""
         rates = np.cumprod([1] + [int(p) for p in self.tiers[: self.n_tiers, T_POOL]])
@@ -226,9 +227,11 @@ class FastSaShiMi:
             out["down"][:, self.tiers[i, T_DBUF]: self.tiers[i, T_DBUF] + p * H] = dbuf
             out["up"][:, self.tiers[i, T_UBUF]: self.tiers[i, T_UBUF] + p * H] = _np(u[T - 1 - i][0]).reshape(B, -1)
         s4_states = [s for s in res_states if s is not None]
-        for (scale, off, H, N2), s in zip(self._s4_layers, s4_states, strict=True):
-            s = (_np(s) / scale).transpose(0, 2, 1)  # (B, H, N/2) -> (B, N/2, H), rescaled
-            out["ssm"][:, off: off + 2 * H * N2] = tile_channels(np.stack([s.real, s.imag], 1))
+        for (scale, w, off, H, N2), s in zip(self._s4_layers, s4_states, strict=True):
+            sigma = _np(s).astype(np.complex128) / scale  # (B, H, N/2), rescaled
+            st = sigma.astype(np.complex64).transpose(0, 2, 1)  # -> (B, N/2, H)
+            out["ssm"][:, off: off + 2 * H * N2] = tile_channels(np.stack([st.real, st.imag], 1))
+            out["ssm"][:, off + 2 * H * N2: off + 2 * H * N2 + H] = (w * sigma).real.sum(-1)
         return out
 
     # ---- running ------------------------------------------------------------------------------------
