@@ -37,6 +37,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_details() -> dict:
+    """What `cpu_model` hides on VMs ("AMD EPYC"): the micro-architecture LLVM compiles the engine for (e.g.
+    znver3, znver5), family/model, the widest SIMD and the cache sizes of CPU 0. Timings from different
+    micro-architectures with the same core count differ 2-3x here, so every result records these."""
+    info: dict = {}
+    try:
+        from llvmlite import binding
+
+        info["cpu_arch"] = binding.get_host_cpu_name()
+    except Exception:  # llvmlite comes with numba; without it the engine does not run either
+        info["cpu_arch"] = None
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "cpu family" in fields:
+        info["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
+    flags = set(fields.get("flags", "").split())
+    info["simd"] = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), None)
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            if kind != "Instruction":
+                caches[f"L{level}"] = (index / "size").read_text().strip()
+        except OSError:
+            continue
+    info["caches_cpu0"] = caches
+    return info
+
+
 def git_commit() -> str | None:
     try:
         def git(*args):
@@ -59,6 +93,7 @@ def env_record(device: str = "cpu") -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
+        **cpu_details(),
         "mem_total_gb": round(mem_info().get("MemTotal", 0) / GB, 1),
         "device": device,
         "loadavg_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
@@ -73,6 +108,15 @@ def env_record(device: str = "cpu") -> dict:
     except Exception:
         rec["triton"] = None
     return rec
+
+
+def machine_line(env: dict) -> str:
+    """One line naming the machine of an `env_record`, printed under every table."""
+    if env.get("gpu"):
+        return f"{env['gpu']} (CUDA {env.get('cuda')}), commit {env['git_commit']}"
+    caches = ", ".join(f"{k} {v}" for k, v in env.get("caches_cpu0", {}).items())
+    return (f"{env['cpu_model']} ({env.get('cpu_arch')}, {env.get('simd')}; {caches}), {env['cpu_count']} CPUs, "
+            f"{env['torch_threads']} torch threads, torch {env['torch']}, commit {env['git_commit']}")
 
 
 def cpu_peaks(threads: int) -> dict:

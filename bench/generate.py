@@ -114,15 +114,17 @@ def main(argv=None) -> int:
             if target:
                 row["target"] = target
                 row["meets_target"] = row["samples_per_s"] >= target
-    data = {"benchmark": NAME, "env": common.env_record(args.device), "threads": args.threads, "rows": rows,
+    env = common.env_record(args.device)
+    data = {"benchmark": NAME, "env": env, "threads": args.threads, "rows": rows,
             "machine_peaks": machine, "engine_cost": costs, "reference_samples_per_s": REFERENCE, "targets": TARGETS}
     path = common.write_json(NAME, data, args.out)
     cols = ["preset", "batch", "engine", "samples_per_s", "real_time_x", "speedup_vs_torch_step", "target",
             "meets_target", "gflop_per_s", "pct_sgemm_peak", "mem_gb_per_s", "peak_rss_gb", "torch_threads"]
     print(common.markdown_table(rows, cols))
+    print(f"\nmachine: {common.machine_line(env)}")
     if machine:
-        print(f"\nmachine, measured in this run: {machine}")
-    print(f"\nreference implementation (same machine kind): correct dense step {REFERENCE['dense_b1']} samples/s; "
+        print(f"peaks measured in this run: {machine}")
+    print(f"\nreference implementation (DESIGN.md, 2-core machine kind, not re-run here): correct dense step {REFERENCE['dense_b1']} samples/s; "
           f"'diagonal' (wrong) step {REFERENCE['diagonal_b1']} (B=1) / {REFERENCE['diagonal_b16']} (B=16)")
     print(f"wrote {path}")
     return 0

@@ -183,8 +183,7 @@ def main(argv=None) -> int:
             "results": [{"backend": b, "L": L, "mode": m, **r} for (b, L, m), r in results.items()],
             "table": rows, "verdicts": verdicts}
     path = common.write_json(NAME, data, args.out)
-    print(f"S4 kernel, H={H}, d_state={D_STATE}; {env['device']}, {env['cpu_model']}, "
-          f"{env['torch_threads']} threads, torch {env['torch']}, commit {env['git_commit']}")
+    print(f"S4 kernel, H={H}, d_state={D_STATE}; {env['device']}, {common.machine_line(env)}")
     print("peak GB: peak RSS of the case's process on CPU (in brackets: above its baseline after setup); "
           "CUDA: max allocated\n")
     if env["loadavg_1m_at_start"] > 0.25 * (env["cpu_count"] or 1):

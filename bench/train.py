@@ -95,12 +95,14 @@ def main(argv=None) -> int:
             row["error"] = res["error"]
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
-    data = {"benchmark": NAME, "env": common.env_record(args.device), "rows": rows, "reference": REFERENCE,
+    env = common.env_record(args.device)
+    data = {"benchmark": NAME, "env": env, "rows": rows, "reference": REFERENCE,
             "target": TARGET}
     path = common.write_json(NAME, data, args.out)
     print(common.markdown_table(rows, ["preset", "params", "B", "L", "cauchy", "activations", "step_s",
                                        "samples_per_s", "vs_reference", "peak_rss_gb", "torch_threads"]))
-    print(f"\nreference implementation (same machine kind): {REFERENCE['samples_per_s']} samples/s, "
+    print(f"\nmachine: {common.machine_line(env)}")
+    print(f"reference implementation (DESIGN.md, 2-core machine kind, not re-run here): {REFERENCE['samples_per_s']} samples/s, "
           f"{REFERENCE['peak_rss_gb']} GB peak RSS ({REFERENCE['preset']}, B=1, L=16000); "
           f"target >= {TARGET['samples_per_s']} samples/s at <= {TARGET['peak_rss_gb']} GB")
     print(f"wrote {path}")
