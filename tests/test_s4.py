@@ -31,6 +31,45 @@ def test_fft_conv_is_causal_convolution():
     torch.testing.assert_close(fft_conv(u, k), direct, atol=1e-4, rtol=1e-4)
 
 
+def _direct_conv(u, k):
+    L = u.shape[-1]
+    return torch.stack([(k[:, : t + 1].flip(-1) * u[..., : t + 1]).sum(-1) for t in range(L)], -1)
+
+
+def test_fft_conv_gradients_are_those_of_the_direct_sum():
+    torch.manual_seed(0)
+    u = torch.randn(3, 4, 37, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(4, 37, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fft_conv, (u, k))
+    dy = torch.randn(3, 4, 37, dtype=torch.float64)
+    fast = torch.autograd.grad(fft_conv(u, k), (u, k), dy)
+    direct = torch.autograd.grad(_direct_conv(u, k), (u, k), dy)
+    for a, b in zip(fast, direct):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    # one input frozen: the other's gradient alone (the S4 kernel's k when u is data, and the reverse)
+    (du,) = torch.autograd.grad(fft_conv(u, k.detach()), (u,), dy)
+    torch.testing.assert_close(du, direct[0], atol=1e-10, rtol=1e-10)
+
+
+def test_fft_conv_keeps_no_spectrum_of_the_input_for_backward():
+    """Backward keeps u (shared with the D skip) and the kernel's (H, L + 1) spectrum, nothing of size B."""
+    B, H, L = 8, 4, 1000
+    u = torch.randn(B, H, L, requires_grad=True)
+    k = torch.randn(H, L, requires_grad=True)
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fft_conv(u, k)
+    extra = sum(saved.values()) - u.untyped_storage().nbytes()
+    assert extra <= H * (L + 1) * 8, f"{extra} bytes kept beyond u: the (B, H, L + 1) spectra of u are back"
+    y.sum().backward()
+    assert u.grad.shape == u.shape and k.grad.shape == k.shape
+
+
 @pytest.mark.parametrize("mode", ["nplr", "diag"])
 @pytest.mark.parametrize("n_ssm", [1, None])
 @pytest.mark.parametrize("final_act", ["glu", "id", None])
