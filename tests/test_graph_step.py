@@ -7,6 +7,7 @@ import torch
 from sashimi_core import PRESETS, SaShiMi, generate
 from sashimi_core.baselines import WaveNet, WaveNetConfig
 from sashimi_core.graph_step import GraphSampler
+from sashimi_core.s4 import S4Block
 from sashimi_core.sampler import sample_from_uniform
 from sashimi_core.sashimi import with_overrides
 
@@ -92,6 +93,37 @@ def test_other_models_are_refused():
                                    end_channels=8, embed_channels=8, out_channels=8)).eval()
     with pytest.raises(ValueError, match="graph"):
         generate(wavenet, 10, engine="graph")
+
+
+def _to_meta(x):
+    if isinstance(x, torch.Tensor):
+        return x.to("meta")
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_meta(y) for y in x)
+    if isinstance(x, dict):
+        return {k: _to_meta(v) for k, v in x.items()}
+    return x
+
+
+@pytest.mark.parametrize("unet", [False, True])
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 0.9), (0.0, 1.0)])
+def test_every_phase_of_the_step_is_capturable(unet, temperature, top_p):
+    """What a CUDA graph forbids, checked without a GPU: the step body of every phase runs on the meta
+    device, where a host sync (.item(), a branch on a tensor value) and a CPU tensor mixed in both raise.
+    (The `gpu` tests below capture for real; no GPU has been lent to this project yet.)"""
+    torch.manual_seed(0)
+    m = SaShiMi(with_overrides(PRESETS["sashimi-tiny"], unet=unet)).eval()
+    with torch.inference_mode():
+        logits, state = m.start(2)  # fills each S4 block's step matrices, moved below with the weights
+    m.to("meta")
+    for block in m.modules():
+        if isinstance(block, S4Block):
+            block._step_cache = _to_meta(block._step_cache)
+    with torch.inference_mode():
+        sampler = GraphSampler(m, logits.to("meta"), _to_meta(state), temperature, top_p, use_graphs=False)
+        for phase in range(sampler.period):
+            sampler._body(phase)
+    assert sampler.period == 16 and sampler.logits.is_meta and all(x.is_meta for x in sampler.leaves)
 
 
 @pytest.mark.gpu
