@@ -3,7 +3,7 @@ import torch
 
 from conftest import run_steps
 from sashimi_core.hippo import nplr_legs
-from sashimi_core.s4 import S4Block, fft_conv
+from sashimi_core.s4 import S4Block, _Woodbury, fft_conv
 
 
 def _perturb_dt(block, seed=0):
@@ -51,11 +51,8 @@ def test_fft_conv_gradients_are_those_of_the_direct_sum():
     torch.testing.assert_close(du, direct[0], atol=1e-10, rtol=1e-10)
 
 
-def test_fft_conv_keeps_no_spectrum_of_the_input_for_backward():
-    """Backward keeps u (shared with the D skip) and the kernel's (H, L + 1) spectrum, nothing of size B."""
-    B, H, L = 8, 4, 1000
-    u = torch.randn(B, H, L, requires_grad=True)
-    k = torch.randn(H, L, requires_grad=True)
+def _saved_bytes(fn, *args) -> dict:
+    """{storage pointer: bytes} of what autograd keeps for backward of fn(*args)."""
     saved = {}
 
     def pack(t):
@@ -63,7 +60,41 @@ def test_fft_conv_keeps_no_spectrum_of_the_input_for_backward():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fft_conv(u, k)
+        out = fn(*args)
+    return saved, out
+
+
+def _woodbury_expr(r):
+    return r[0, 0] - r[0, 1] * r[1, 0] / (1 + r[1, 1])
+
+
+def test_woodbury_gradients_are_those_of_the_expression():
+    torch.manual_seed(0)
+    r = (0.3 * torch.randn(2, 2, 3, 7, dtype=torch.complex128)).requires_grad_()
+    assert torch.autograd.gradcheck(_Woodbury.apply, (r,))
+    g = torch.randn(3, 7, dtype=torch.complex128)
+    torch.testing.assert_close(_Woodbury.apply(r), _woodbury_expr(r), atol=1e-12, rtol=1e-12)
+    (fast,) = torch.autograd.grad(_Woodbury.apply(r), (r,), g)
+    (expr,) = torch.autograd.grad(_woodbury_expr(r), (r,), g)
+    torch.testing.assert_close(fast, expr, atol=1e-12, rtol=1e-12)
+
+
+def test_woodbury_keeps_two_terms_not_the_cauchy_sums():
+    H, L = 4, 500
+    r = torch.randn(2, 2, H, L, dtype=torch.complex64, requires_grad=True)
+    saved, _ = _saved_bytes(_Woodbury.apply, r)
+    assert r.untyped_storage().data_ptr() not in saved
+    assert sum(saved.values()) <= 2 * H * L * 8
+    saved_expr, _ = _saved_bytes(_woodbury_expr, r)
+    assert sum(saved_expr.values()) >= 6 * H * L * 8  # what plain autograd keeps (the reason for the Function)
+
+
+def test_fft_conv_keeps_no_spectrum_of_the_input_for_backward():
+    """Backward keeps u (shared with the D skip) and the kernel's (H, L + 1) spectrum, nothing of size B."""
+    B, H, L = 8, 4, 1000
+    u = torch.randn(B, H, L, requires_grad=True)
+    k = torch.randn(H, L, requires_grad=True)
+    saved, y = _saved_bytes(fft_conv, u, k)
     extra = sum(saved.values()) - u.untyped_storage().nbytes()
     assert extra <= H * (L + 1) * 8, f"{extra} bytes kept beyond u: the (B, H, L + 1) spectra of u are back"
     y.sum().backward()
