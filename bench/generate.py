@@ -124,8 +124,8 @@ def main(argv=None) -> int:
     print(f"\nmachine: {common.machine_line(env)}")
     if machine:
         print(f"peaks measured in this run: {machine}")
-    print(f"\nreference implementation (DESIGN.md, 2-core machine kind, not re-run here): correct dense step {REFERENCE['dense_b1']} samples/s; "
-          f"'diagonal' (wrong) step {REFERENCE['diagonal_b1']} (B=1) / {REFERENCE['diagonal_b16']} (B=16)")
+    print(f"\nreference implementation (DESIGN.md, 2-core machine kind, not re-run here): correct dense step "
+          f"{REFERENCE['dense_b1']} samples/s; 'diagonal' (wrong) step {REFERENCE['diagonal_b1']} (B=1) / {REFERENCE['diagonal_b16']} (B=16)")
     print(f"wrote {path}")
     return 0
 

@@ -82,8 +82,9 @@ def fused_step_params(p: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     basis, which leaves the outputs unchanged) the input enters with coefficient 1:
         g = Re<W B̂, sigma> + beta u,   sigma' = Ê sigma + u - (P̂ / B̂) g,   y = Re<dC2 B̂, sigma'>.
     planes = (W B̂, Ê, P̂ / B̂, dC2 B̂): the same exact step with 8 real planes (the three-pass form reads 16
-    plane values per mode), in one pass over the state when Re<W B̂, sigma'> is summed during the update. |B̂| is floored at 1e-12 of the channel's largest, so a mode whose
-    input weight vanishes keeps a finite basis (it then gets an input of relative size 1e-12)."""
+    plane values per mode), in one pass over the state when Re<W B̂, sigma'> is summed during the update.
+    |B̂| is floored at 1e-12 of the channel's largest, so a mode whose input weight vanishes keeps a finite
+    basis (it then gets an input of relative size 1e-12)."""
     Dinv, E, B2 = p["Dinv"], p["E"], p["B2"]
     if "P" in p:
         P, R = p["P"], p["R"]

@@ -44,7 +44,7 @@ def test_fft_conv_gradients_are_those_of_the_direct_sum():
     dy = torch.randn(3, 4, 37, dtype=torch.float64)
     fast = torch.autograd.grad(fft_conv(u, k), (u, k), dy)
     direct = torch.autograd.grad(_direct_conv(u, k), (u, k), dy)
-    for a, b in zip(fast, direct):
+    for a, b in zip(fast, direct, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     # one input frozen: the other's gradient alone (the S4 kernel's k when u is data, and the reverse)
     (du,) = torch.autograd.grad(fft_conv(u, k.detach()), (u,), dy)
