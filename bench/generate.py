@@ -125,7 +125,8 @@ def main(argv=None) -> int:
     if machine:
         print(f"peaks measured in this run: {machine}")
     print(f"\nreference implementation (DESIGN.md, 2-core machine kind, not re-run here): correct dense step "
-          f"{REFERENCE['dense_b1']} samples/s; 'diagonal' (wrong) step {REFERENCE['diagonal_b1']} (B=1) / {REFERENCE['diagonal_b16']} (B=16)")
+          f"{REFERENCE['dense_b1']} samples/s; 'diagonal' (wrong) step {REFERENCE['diagonal_b1']} (B=1) / "
+          f"{REFERENCE['diagonal_b16']} (B=16)")
     print(f"wrote {path}")
     return 0
 

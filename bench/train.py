@@ -103,7 +103,8 @@ def main(argv=None) -> int:
                                        "samples_per_s", "vs_reference", "peak_rss_gb", "torch_threads"]))
     print(f"\nmachine: {common.machine_line(env)}")
     print(f"reference implementation (DESIGN.md, 2-core machine kind, not re-run here): "
-          f"{REFERENCE['samples_per_s']} samples/s, {REFERENCE['peak_rss_gb']} GB peak RSS ({REFERENCE['preset']}, B=1, L=16000); "
+          f"{REFERENCE['samples_per_s']} samples/s, {REFERENCE['peak_rss_gb']} GB peak RSS ({REFERENCE['preset']}, "
+          "B=1, L=16000); "
           f"target >= {TARGET['samples_per_s']} samples/s at <= {TARGET['peak_rss_gb']} GB")
     print(f"wrote {path}")
     return 0
