@@ -27,14 +27,20 @@ GB = 1e9
 
 
 # ---- environment ------------------------------------------------------------------------------------
-def cpu_model() -> str:
+def _cpuinfo() -> dict:
+    """The first CPU's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_details() -> dict:
@@ -48,13 +54,7 @@ def cpu_details() -> dict:
         info["cpu_arch"] = binding.get_host_cpu_name()
     except Exception:  # llvmlite comes with numba; without it the engine does not run either
         info["cpu_arch"] = None
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    fields = _cpuinfo()
     if "cpu family" in fields:
         info["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
     flags = set(fields.get("flags", "").split())

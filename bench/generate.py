@@ -4,9 +4,9 @@ For each preset (default sashimi-2, sashimi-8) and batch size (1, 4, 16): sample
 the batch) of `generate(model, n, engine="fast")` — the numba-compiled exact step — and of
 `generate(..., engine="torch")` — our plain module-by-module step loop — measured in the same run, each case
 in a fresh process (peak RSS). With --device cuda: `engine="graph"` (one CUDA graph per step phase) vs the
-torch loop on the GPU. 16,000 samples/s is real time at 16 kHz. The reference implementation's
-numbers on this machine kind are printed alongside (correct dense step: 6 samples/s; its numerically
-wrong "diagonal" step: 461 (B=1) / 2,266 (B=16) samples/s).
+torch loop on the GPU. 16,000 samples/s is real time at 16 kHz. The reference implementation's numbers on
+the project's original 2-core machine kind (DESIGN.md §9) are printed alongside (correct dense step: 6
+samples/s; its numerically wrong "diagonal" step: 461 (B=1) / 2,266 (B=16) samples/s).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from bench import common
 NAME = "kernel"
 H, D_STATE = 64, 64
 LENGTHS = (16000, 128000)
-# The reference implementation on this machine kind (CPU, 2 threads, 24 GB).
+# The reference implementation on the project's original 2-core machine kind (DESIGN.md §9; CPU, 24 GB).
 REFERENCE = {
     16000: {"fwd_s": 1.11, "fwdbwd_s": 12.6, "fwdbwd_peak_gb": 5.7},
     128000: {"fwd_s": 12.7, "fwd_peak_gb": 10.4},

@@ -3,8 +3,8 @@
 sashimi-8 (and sashimi-2) with B=1, L=16000: forward + cross-entropy + backward + AdamW step, with our
 default CPU path (fused numba Cauchy kernels) against the chunked torch Cauchy backend in the same run
 (`--naive` adds the materialising backend, the reference's algorithm, which needs ~10 GB). Each case runs in
-a fresh process. The reference implementation on this machine kind: 136 samples/s, 11.2 GB peak RSS for
-the 4.76M-parameter model (sashimi-sc09 here) at B=1, L=16000.
+a fresh process. The reference implementation on the project's original 2-core machine kind (DESIGN.md §9):
+136 samples/s, 11.2 GB peak RSS for the 4.76M-parameter model (sashimi-sc09 here) at B=1, L=16000.
 """
 from __future__ import annotations
 
@@ -103,8 +103,8 @@ def main(argv=None) -> int:
                                        "samples_per_s", "vs_reference", "peak_rss_gb", "torch_threads"]))
     print(f"\nmachine: {common.machine_line(env)}")
     print(f"reference implementation (DESIGN.md, 2-core machine kind, not re-run here): "
-          f"{REFERENCE['samples_per_s']} samples/s, {REFERENCE['peak_rss_gb']} GB peak RSS ({REFERENCE['preset']}, "
-          "B=1, L=16000); "
+          f"{REFERENCE['samples_per_s']} samples/s, {REFERENCE['peak_rss_gb']} GB peak RSS "
+          f"({REFERENCE['preset']}, B=1, L=16000); "
           f"target >= {TARGET['samples_per_s']} samples/s at <= {TARGET['peak_rss_gb']} GB")
     print(f"wrote {path}")
     return 0
