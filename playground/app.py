@@ -76,8 +76,9 @@ def build_app(settings: services.Settings | None = None) -> gr.Blocks:
 def launch_options(settings: services.Settings, host: str = "127.0.0.1", port: int = 7860,
                    share: bool = False) -> dict:
     """Keyword arguments for demo.launch() that go with build_app(settings)."""
-    runs = Path(settings.runs_dir).resolve()
+    # Only the output folder is served: runs/ (job records, logs, resume state) never is; a training sample
+    # is copied into the output folder when shown (services.publish_file).
     return dict(server_name=host, server_port=port, share=share, theme=theme(),
                 css_paths=[CSS] if CSS.is_file() else None, max_file_size=f"{settings.max_upload_mb}mb",
-                allowed_paths=[str(runs), str(Path(settings.output_dir).resolve())], show_error=True,
+                allowed_paths=[str(Path(settings.output_dir).resolve())], show_error=True,
                 footer_links=["api", "settings"])

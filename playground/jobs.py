@@ -23,14 +23,12 @@ import math
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from playground import processes
 from playground.services import MODELS, NAME_RE, ROOT, ServiceError, Settings, find_model, list_models
 
 JOB_FILE, METRICS_FILE, TRAIN_LOG, BUILD_LOG = "job.json", "metrics.jsonl", "train.log", "build.log"
@@ -40,72 +38,44 @@ FINAL_STATES = ("finished", "failed", "stopped")
 EXTERNAL_FRESH_S = 120.0  # a run without job.json counts as running while metrics.jsonl changed this recently
 
 
-# ------------------------------------------------------------------------------------------ processes
-def proc_cmdline(pid: int) -> list[str] | None:
-    """Command line of a live, non-zombie process (Linux /proc), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return None
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, IndexError):
-        return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a] or None
+# ------------------------------------------------------------------------------------------ folders
+def run_folder(settings: Settings, name) -> Path:
+    """The folder of run `name`: the one place a run name from a request becomes a path. The name must match
+    NAME_RE and the folder must resolve to a direct child of the runs folder (no '..', no symlink out)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        shown = repr(name)[:40] if isinstance(name, str) else type(name).__name__
+        raise ServiceError(f"{shown} is not a run name (1-64 letters, digits, '.', '_' or '-').")
+    root = Path(settings.runs_dir).resolve()
+    folder = (root / name).resolve()
+    if folder.parent != root:
+        raise ServiceError(f"Run {name!r} is not inside the runs folder.")
+    return folder
 
 
 def read_job(folder) -> dict | None:
+    """The app's note of how it started folder's job (shown to the user, never executed or signalled)."""
     try:
         job = json.loads((Path(folder) / JOB_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return job if isinstance(job, dict) and isinstance(job.get("pid"), int) else None
+    return job if isinstance(job, dict) else None
 
 
-def job_running(job: dict | None) -> bool:
-    """True iff job's pid is alive and runs job's command (argv[0] may differ by path, the rest must not)."""
-    if not job:
-        return False
-    cmd = proc_cmdline(job["pid"])
-    want = job.get("command") or []
-    return bool(cmd) and len(cmd) == len(want) and cmd[1:] == want[1:] and \
-        Path(cmd[0]).name == Path(want[0]).name
-
-
-def folder_running(folder) -> bool:
-    return job_running(read_job(folder))
+def folder_running(folder, kind: str = "train") -> bool:
+    return processes.running_pid(kind, folder) is not None
 
 
 def spawn(command: list[str], folder: Path, log_name: str, kind: str) -> dict:
-    """Start command in its own session, output to folder/log_name; write folder/job.json."""
+    """Start a trainer / builder command, output to folder/log_name; write folder/job.json for the record."""
     folder.mkdir(parents=True, exist_ok=True)
-    log_path = folder / log_name
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    with open(log_path, "ab") as log_file:
-        log_file.write(f"\n$ {' '.join(command)}\n".encode())
-        log_file.flush()
-        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=os.getcwd(), env=env, start_new_session=True)
-    job = {"pid": proc.pid, "command": command, "started": time.time(), "kind": kind, "log": log_name,
-           "cwd": os.getcwd()}
+    proc = processes.spawn(command, folder / log_name, env, os.getcwd())
+    job = {"pid": proc.pid, "command": command, "started": time.time(), "kind": kind}
     tmp = folder / f".{JOB_FILE}.tmp"
     tmp.write_text(json.dumps(job, indent=2) + "\n")
     os.replace(tmp, folder / JOB_FILE)
-    # Reap the child when it exits (no zombie); the thread holds the only reference to proc.
-    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     return job
-
-
-def terminate(folder) -> bool:
-    """SIGTERM the folder's job if it is running. False if it was not running."""
-    job = read_job(folder)
-    if not job_running(job):
-        return False
-    try:
-        os.kill(job["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def log_tail(path, n_bytes: int = 4000) -> str:
@@ -165,7 +135,8 @@ def run_status(run_dir) -> dict:
     """Everything the Train tab shows about one run, from job.json, metrics.jsonl and the log."""
     run_dir = Path(run_dir)
     job = read_job(run_dir)
-    running = job_running(job)
+    pid = processes.running_pid("train", run_dir)
+    running = pid is not None
     m = read_metrics(run_dir / METRICS_FILE)
     last = m["train"][-1] if m["train"] else {}
     status = m["status"] or {}
@@ -192,13 +163,13 @@ def run_status(run_dir) -> dict:
             samples.append({"wav": str(wav), "step": rec.get("step"), "nll_bits": _num(rec.get("nll_bits"))})
     return {
         "name": run_dir.name, "run_dir": str(run_dir), "state": state, "running": running,
-        "pid": job["pid"] if job else None, "command": job.get("command") if job else None,
+        "pid": pid, "command": job.get("command") if job and running else None, "started_by_app": job is not None,
         "step": step, "total_steps": total, "loss_bits": _num(last.get("loss_bits")),
         "samples_per_s": _num(last.get("samples_per_s")), "elapsed_s": elapsed, "eta_s": eta,
         "val_nll_bits": _num(m["val"][-1].get("val_nll_bits")) if m["val"] else None,
         "message": status.get("message") or "", "train": m["train"], "val": m["val"], "samples": samples,
         "has_checkpoint": (run_dir / "checkpoint" / "model.safetensors").is_file(),
-        "log_tail": log_tail(run_dir / (job.get("log", TRAIN_LOG) if job else TRAIN_LOG), 3000),
+        "log_tail": log_tail(run_dir / TRAIN_LOG, 3000),
         "metrics_mtime": _mtime(run_dir / METRICS_FILE), "bad_lines": m["bad_lines"],
     }
 
@@ -281,6 +252,16 @@ def train_command(data: str, preset: str, out: Path, steps: int, batch: int, lr:
             *(x for k, v in every.items() for x in (k, str(v))), "--no-progress"]
 
 
+PUBLIC_MAX_BATCH = 8
+
+
+def _check_writer(settings: Settings, what: str) -> None:
+    """Refuse a request that writes, deletes, imports or stops on a public server (whatever the UI shows)."""
+    if settings.public:
+        raise ServiceError(f"{what} is turned off on this public server; run the app locally "
+                           "(python app.py) to do it.")
+
+
 def _check_can_train(settings: Settings) -> None:
     if not settings.training:
         raise ServiceError("Training is turned off on this public server; run the app locally to train.")
@@ -294,7 +275,13 @@ def _check_can_train(settings: Settings) -> None:
 def _resolve_data(settings: Settings, data: str) -> Path:
     if not data:
         raise ServiceError("Choose a data set (build one first if the list shows only builders).")
+    if not isinstance(data, str):
+        raise ServiceError("The data set must be given by its name.")
     p = Path(data)
+    if settings.public:  # a public server trains only on its own data sets, named, never on a path
+        if not NAME_RE.match(data):
+            raise ServiceError(f"Data set {data[:40]!r}: on this public server choose one of the listed names.")
+        p = Path(settings.data_dir) / data
     folder = p if p.is_dir() else Path(settings.data_dir) / data
     if not folder.is_dir():
         hint = " Build it first (Build data set)." if data in BUILDERS else ""
@@ -306,7 +293,7 @@ def start_training(settings: Settings, name: str, data: str, preset: str, steps,
     """Validate and start `python -m sashimi_core.train` for a new run. Returns the job dict."""
     from sashimi_core.sashimi import PRESETS
 
-    if not name or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.match(name):
         raise ServiceError("Name the run with 1-64 letters, digits, '.', '_' or '-' (no spaces).")
     allowed = settings.train_presets or tuple(PRESETS)
     if preset not in allowed:
@@ -318,35 +305,38 @@ def start_training(settings: Settings, name: str, data: str, preset: str, steps,
     cap = settings.max_train_steps or 10_000_000
     if not 1 <= steps <= cap:
         raise ServiceError(f"Steps must be between 1 and {cap:,}, got {steps}.")
-    if not 1 <= batch <= 1024:
-        raise ServiceError(f"Batch must be between 1 and 1024, got {batch}.")
+    max_batch = PUBLIC_MAX_BATCH if settings.public else 1024
+    if not 1 <= batch <= max_batch:
+        raise ServiceError(f"Batch must be between 1 and {max_batch} here, got {batch}.")
     if not (math.isfinite(lr) and 0 < lr <= 1):
         raise ServiceError(f"Learning rate must be in (0, 1], got {lr}.")
     _check_can_train(settings)
     folder = _resolve_data(settings, data)
-    out = Path(settings.runs_dir) / name
+    out = run_folder(settings, name)
     if out.exists() and any(out.iterdir()):
         raise ServiceError(f"Run {name!r} already exists; press Resume to continue it or pick a new name.")
-    command = train_command(str(folder), preset, out.resolve(), steps, batch, lr)
+    command = train_command(str(folder), preset, out, steps, batch, lr)
     return spawn(command, out, TRAIN_LOG, "train")
 
 
-def resume_training(settings: Settings, name: str) -> dict:
-    """Start the run's recorded command again with --resume."""
-    out = Path(settings.runs_dir) / (name or "")
-    job = read_job(out) if name else None
-    if job is None:
-        raise ServiceError(f"Run {name!r} has no recorded job to resume; start a new run instead.")
-    if job_running(job):
+def resume_training(settings: Settings, name) -> dict:
+    """Continue a stopped run: ``python -m sashimi_core.train --out <run folder> --resume``. Everything else
+    comes from the run's own train_config.json (written by the trainer); no command is read from disk."""
+    _check_writer(settings, "Resuming training")
+    out = run_folder(settings, name)
+    if not (out / "train_config.json").is_file():
+        raise ServiceError(f"Run {name!r} has no saved training run to resume; start a new run instead.")
+    if folder_running(out):
         raise ServiceError(f"Run {name!r} is already running.")
     _check_can_train(settings)
-    command = [a for a in job["command"] if a != "--resume"] + ["--resume"]
-    command[0] = sys.executable
+    command = [sys.executable, "-m", "sashimi_core.train", "--out", str(out), "--resume", "--no-progress"]
     return spawn(command, out, TRAIN_LOG, "train")
 
 
-def stop_training(settings: Settings, name: str) -> str:
-    if not name or not terminate(Path(settings.runs_dir) / name):
+def stop_training(settings: Settings, name) -> str:
+    """SIGTERM the run's trainer (only a ``sashimi_core.train --out <that run>`` process is ever signalled)."""
+    _check_writer(settings, "Stopping training")
+    if not processes.terminate("train", run_folder(settings, name)):
         raise ServiceError(f"Run {name!r} is not running.")
     return f"Sent stop to {name!r}; it saves a checkpoint and exits."
 
@@ -360,18 +350,18 @@ def start_build(settings: Settings, name: str, small: bool) -> dict:
     """Start `python -m sashimi_core.data build <name> --out <data>/<name> [--small]`."""
     if name not in BUILDERS:
         raise ServiceError(f"There is no builder for {name!r}; builders: {', '.join(BUILDERS)}.")
-    if not settings.training:
-        raise ServiceError("Building data sets is turned off on this public server.")
-    folder = build_folder(settings, name)
-    if folder_running(folder):
+    _check_writer(settings, "Building data sets")
+    folder, out = build_folder(settings, name), (Path(settings.data_dir) / name).resolve()
+    if folder_running(out, "data"):
         raise ServiceError(f"{name} is already being built.")
-    out = (Path(settings.data_dir) / name).resolve()
     command = [sys.executable, "-m", "sashimi_core.data", "build", name, "--out", str(out)]
     return spawn(command + (["--small"] if small else []), folder, BUILD_LOG, "data")
 
 
 def build_status(settings: Settings, name: str) -> dict:
     """{"state": idle|running|finished|failed, "fraction", "text"} parsed from the build log (tqdm)."""
+    if name not in BUILDERS:
+        return {"state": "idle", "fraction": 0.0, "text": ""}
     folder = build_folder(settings, name)
     job = read_job(folder)
     if job is None:
@@ -381,7 +371,7 @@ def build_status(settings: Settings, name: str) -> dict:
     tail = log_tail(folder / BUILD_LOG, 6000).split("\n$ ")[-1]  # this build's part of the log
     counts = re.findall(r"(\d+)/(\d+) \[", tail)
     fraction = (int(counts[-1][0]) / max(1, int(counts[-1][1]))) if counts else 0.0
-    if job_running(job):
+    if folder_running(Path(settings.data_dir) / name, "data"):
         desc = f"{counts[-1][0]}/{counts[-1][1]}" if counts else "starting"
         return {"state": "running", "fraction": fraction, "text": f"building {name}: {desc} ({fraction:.0%})"}
     ok = "built " in tail and "error" not in tail.lower().split("built ")[-1]
@@ -393,6 +383,7 @@ def build_status(settings: Settings, name: str) -> dict:
 # ------------------------------------------------------------------------------------------- run admin
 def delete_run(settings: Settings, model_id: str) -> str:
     """Delete a user run folder (never a shipped checkpoint, never a run that is training)."""
+    _check_writer(settings, "Deleting runs")
     card = find_model(settings, model_id)
     if card["shipped"]:
         raise ServiceError(f"{card['id']!r} is a shipped model (in {settings.checkpoints_dir}); shipped "
@@ -414,8 +405,7 @@ def _read_reference_config(config) -> dict:
         obj = config
     else:
         text = config
-        if isinstance(config, os.PathLike) or (isinstance(config, str) and not config.lstrip().startswith("{")
-                                               and Path(config).is_file()):
+        if isinstance(config, os.PathLike):  # an uploaded file (a plain string is always JSON text)
             text = Path(config).read_text(errors="replace")
         try:
             obj = json.loads(text)
@@ -443,9 +433,10 @@ def import_reference(settings: Settings, weights_path, config, name: str, quanti
     from sashimi_core import SaShiMi, save_model
     from sashimi_core.reference import backbone_from_reference
 
-    if not name or not NAME_RE.match(name):
+    _check_writer(settings, "Importing models")
+    if not isinstance(name, str) or not NAME_RE.match(name):
         raise ServiceError("Name the imported model with 1-64 letters, digits, '.', '_' or '-'.")
-    out = Path(settings.runs_dir) / name
+    out = run_folder(settings, name)
     if out.exists() or any(c["id"] == name for c in list_models(settings)):
         raise ServiceError(f"A model or run called {name!r} already exists; choose another name.")
     if quantization not in ("mu-law", "linear"):

@@ -11,8 +11,11 @@ Training and data set jobs, deleting runs and importing reference backbones are 
 """
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -23,8 +26,8 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,15 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PROMPT_NLL_MAX_S = 1.0  # the prompt's NLL costs one more forward pass: only for prompts up to this long
+
+
+@cache
+def process_temp_dir(purpose: str) -> Path:
+    """A private temp folder (mode 0700) of this process for `purpose`, removed when the process exits:
+    two app instances on one machine never share (or clean) each other's files."""
+    folder = Path(tempfile.mkdtemp(prefix=f"sashimi-{purpose}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 class ServiceError(ValueError):
@@ -59,7 +71,7 @@ class Settings:
     checkpoints_dir: Path = ROOT / "checkpoints"  # shipped models (never deleted)
     runs_dir: Path = Path("runs")  # user runs (env SASHIMI_RUNS)
     data_dir: Path = Path("data")  # data sets (env SASHIMI_DATA)
-    output_dir: Path = Path(tempfile.gettempdir()) / "sashimi-playground"  # result WAVs, deleted regularly
+    output_dir: Path = field(default_factory=lambda: process_temp_dir("playground"))  # results, cleaned
     output_max_age_s: float = 3600.0
 
     @classmethod
@@ -271,6 +283,22 @@ def new_output_dir(settings: Settings) -> Path:
     return folder
 
 
+def publish_file(settings: Settings, path) -> Path:
+    """A copy of an app-made file (e.g. a training sample under runs/) in the output folder, which is what
+    the server may hand out; the same source file (path, size, mtime) maps to the same copy."""
+    src = Path(path)
+    st = src.stat()
+    digest = hashlib.sha256(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = Path(settings.output_dir) / "published"
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{digest}-{src.name}"
+    if not dest.is_file():
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    return dest
+
+
 def cleanup_outputs(settings: Settings, max_age_s: float | None = None) -> int:
     """Delete result folders older than max_age_s (default settings.output_max_age_s). Returns the count."""
     root = Path(settings.output_dir)
@@ -415,8 +443,12 @@ def _nll_bits(model, tokens) -> float:
 def check_generation_request(settings: Settings, temperature, top_p, seconds, n_samples, seed) -> None:
     """Validate the numbers of a request with messages that name the allowed range."""
     def number(x, name):
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x):
-            raise ServiceError(f"{name} must be a number, got {x!r}.")
+        try:
+            ok = not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(float(x))
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise ServiceError(f"{name} must be a number, got {str(x)[:40]!r}.")
         return float(x)
 
     if not 0.0 <= number(temperature, "Temperature") <= 5.0:
@@ -430,7 +462,7 @@ def check_generation_request(settings: Settings, temperature, top_p, seconds, n_
         raise ServiceError(f"Number of samples must be a whole number from 1 to {settings.max_samples}, "
                            f"got {n_samples}.")
     if seed is not None and (number(seed, "Seed") != int(seed) or not -1 <= seed < 2**31):
-        raise ServiceError(f"Seed must be a whole number in [0, 2^31) (or -1 for random), got {seed}.")
+        raise ServiceError(f"Seed must be a whole number in [0, 2^31) (or -1 for random), got {str(seed)[:40]}.")
 
 
 def generate_clips(settings: Settings, model_id: str, prompt=None, *, trim_start: float = 0.0,

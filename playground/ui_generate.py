@@ -26,6 +26,12 @@ EXAMPLES = [("digit_seven.wav", "spoken digit 'seven' (espeak-ng)"),
             ("piano_phrase.wav", "piano phrase (FluidR3_GM)")]
 
 
+def user_error(message: str, where="") -> gr.Error:
+    """The gr.Error for a refused request: its message goes to the user, one line (no traceback) to the log."""
+    log.info("refused %s: %s", where, message[:200])
+    return gr.Error(message, print_exception=False)
+
+
 def call(fn, *args, **kwargs):
     """Run a service call; user errors -> gr.Error with their message, anything else -> gr.Error + log."""
     try:
@@ -33,7 +39,7 @@ def call(fn, *args, **kwargs):
     except gr.Error:
         raise
     except (services.ServiceError, audio_io.AudioInputError) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc), getattr(fn, "__name__", fn)) from None
     except Exception as exc:  # noqa: BLE001 - the UI edge: log the trace, tell the user in one line
         log.exception("%s failed", getattr(fn, "__name__", fn))
         raise gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}). The app is still running; "
@@ -85,7 +91,7 @@ class GenerateHandlers:
         result = call(fn, self.settings, model_id, prompt, trim_start=trim_start or 0.0,
                       trim_end=trim_end or 0.0, temperature=temperature, top_p=top_p, seconds=seconds,
                       n_samples=n_samples,
-                      seed=None if seed is None else int(seed), session=session,
+                      seed=seed, session=session,
                       progress=lambda frac, msg: progress(frac, desc=msg))
         for warning in result["warnings"]:
             gr.Warning(warning)
@@ -152,7 +158,7 @@ class GenerateHandlers:
         """Continuation of an example prompt by the first shipped model (cached after the first click)."""
         shipped = [c for c in services.list_models(self.settings) if c["shipped"]]
         if not shipped:
-            raise gr.Error("No shipped model is available for the examples.")
+            raise user_error("No shipped model is available for the examples.", "example")
         result = call(services.generate_clips, self.settings, shipped[0]["id"], prompt, trim_start=trim_start,
                       trim_end=trim_end, seconds=min(1.0, self.settings.max_seconds), seed=0,
                       progress=lambda frac, msg: progress(frac, desc=msg))

@@ -2,10 +2,12 @@
 a reference-format (state-spaces/s4) backbone from .safetensors + JSON config into a new run."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from playground import jobs, services
-from playground.ui_generate import call
+from playground.ui_generate import call, user_error
 
 IMPORT_HELP = """\
 **Import a reference backbone.** Upload the weights of a backbone trained with the reference implementation
@@ -50,14 +52,14 @@ class ModelsHandlers:
     def delete(self, model_id, confirm: bool) -> str:
         """Delete a user run (shipped models are refused)."""
         if not confirm:
-            raise gr.Error("Tick 'I understand this deletes the run folder' first.")
+            raise user_error("Tick 'I understand this deletes the run folder' first.", "delete_run")
         message = call(jobs.delete_run, self.settings, model_id)
         gr.Info(message)
         return message
 
     def import_reference(self, weights, config_file, config_text, name, quantization, sample_rate) -> str:
         """Import a reference backbone (.safetensors + JSON config) as a new run."""
-        config = config_file or config_text
+        config = Path(config_file) if config_file else config_text
         card = call(jobs.import_reference, self.settings, weights, config, (name or "").strip(), quantization,
                     int(sample_rate or 16000))
         message = (f"Imported **{card['id']}** ({card['n_parameters']:,} parameters) into "

@@ -59,18 +59,28 @@ class TrainHandlers:
         gr.Info(f"Resuming {run!r}.")
         return self.runs(run)
 
+    def _status(self, run) -> dict | None:
+        """run_status of a run named by the client; None for no name, gr.Error for one that is not a run."""
+        if not run:
+            return None
+        return jobs.run_status(call(jobs.run_folder, self.settings, run))
+
     def status(self, run) -> dict:
         """The selected run's status as JSON (for API clients)."""
-        if not run:
+        st = self._status(run)
+        if st is None:
             return {"state": "none"}
-        st = jobs.run_status(self.settings.runs_dir / run)
-        return {k: v for k, v in st.items() if k not in ("train", "val", "log_tail")}
+        hidden = ("train", "val", "log_tail", "run_dir") + (("command", "samples") if self.settings.public else ())
+        return {k: v for k, v in st.items() if k not in hidden}
 
     def poll(self, run, data, seen):
         """Timer tick: refresh what changed (gr.skip() for the rest, so players are not reset)."""
         seen = dict(seen or {})
         out = {}
-        st = jobs.run_status(self.settings.runs_dir / run) if run else None
+        try:
+            st = self._status(run)
+        except gr.Error:
+            st = None
         key = (run, st["metrics_mtime"], st["state"]) if st else None
         if key != seen.get("metrics", "unset"):
             seen["metrics"] = key
@@ -102,8 +112,7 @@ class TrainHandlers:
         return [out.get("status", skip), out.get("plot", skip), *sample_out, out.get("log", skip),
                 *out.get("buttons", [skip] * 3), out.get("build", skip), out.get("models", skip), seen]
 
-    @staticmethod
-    def _samples(samples: list[dict]) -> list:
+    def _samples(self, samples: list[dict]) -> list:
         out = []
         for i in range(N_SAMPLES_SHOWN):
             if i >= len(samples):
@@ -116,7 +125,8 @@ class TrainHandlers:
                 out += [gr.Group(visible=False), "", None, None]
                 continue
             nll = f" · NLL {s['nll_bits']:.3f} bits" if s.get("nll_bits") is not None else ""
-            out += [gr.Group(visible=True), f"Sample at step {s.get('step')}{nll}", s["wav"],
+            wav = services.publish_file(self.settings, s["wav"])  # runs/ itself is never served
+            out += [gr.Group(visible=True), f"Sample at step {s.get('step')}{nll}", str(wav),
                     plots.spectrogram_figure(audio, sr, height=250)]
         return out
 

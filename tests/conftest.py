@@ -39,3 +39,31 @@ def run_steps(module, x):
         y, state = module.step(x[:, t], state)
         ys.append(y)
     return torch.stack(ys, 1)
+
+
+@pytest.fixture
+def fake_trainer(tmp_path_factory):
+    """start(folder): a process whose command line is exactly the app's trainer's,
+    ``python -m sashimi_core.train --out <folder> ...``, but which only sleeps (a package named sashimi_core
+    in a temp folder shadows ours for it). Killed at teardown."""
+    import subprocess
+    import time
+
+    pkg = tmp_path_factory.mktemp("fake-trainer")
+    (pkg / "sashimi_core").mkdir()
+    (pkg / "sashimi_core" / "__init__.py").write_text("")
+    (pkg / "sashimi_core" / "train.py").write_text("import time\ntime.sleep(120)\n")
+    started = []
+
+    def start(folder, *extra):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "sashimi_core.train", "--out", str(Path(folder).resolve()), *extra]
+        proc = subprocess.Popen(command, cwd=pkg, env=dict(os.environ, PYTHONPATH=str(pkg)))
+        started.append(proc)
+        time.sleep(1.2)  # past the app's 1 s cache of the process scan
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from app_helpers import make_tiny_checkpoint, write_audio
-from playground import audio_io, jobs, plots, services
+from playground import audio_io, jobs, plots, processes, services
 from playground.audio_io import AudioInputError
 from playground.services import ServiceError
 
@@ -290,30 +290,34 @@ def _write_job(folder: Path, proc, command):
                                                     "log": jobs.TRAIN_LOG}))
 
 
-def test_job_running_checks_pid_and_cmdline(tmp_path):
-    proc = _sleeper()
+def test_job_running_only_for_this_folders_trainer(tmp_path, fake_trainer):
+    """A job is running iff a `python -m sashimi_core.train --out <that folder>` process lives: a job.json
+    naming another process (here a sleeper's pid) neither counts nor gets signalled."""
+    sleeper = _sleeper()
     try:
-        cmd = [sys.executable, "-c", "import time; time.sleep(60)"]
-        _write_job(tmp_path / "a", proc, cmd)
-        assert jobs.folder_running(tmp_path / "a")
-        _write_job(tmp_path / "b", proc, [sys.executable, "-m", "sashimi_core.train", "--out", "x"])
-        assert not jobs.folder_running(tmp_path / "b")  # same pid, other command: a reused pid
-        assert jobs.terminate(tmp_path / "a")
+        _write_job(tmp_path / "b", sleeper, [sys.executable, "-c", "import time; time.sleep(60)"])
+        assert not jobs.folder_running(tmp_path / "b")
+        assert not processes.terminate("train", tmp_path / "b") and sleeper.poll() is None
+        proc = fake_trainer(tmp_path / "a")
+        assert jobs.folder_running(tmp_path / "a") and not jobs.folder_running(tmp_path / "b")
+        assert processes.running_pid("train", tmp_path / "a") == proc.pid
+        assert processes.terminate("train", tmp_path / "a")
         proc.wait(timeout=10)
+        time.sleep(processes._SCAN_TTL_S + 0.1)
         assert not jobs.folder_running(tmp_path / "a")
-        assert not jobs.terminate(tmp_path / "a")
+        assert not processes.terminate("train", tmp_path / "a")
     finally:
-        proc.kill()
-        proc.wait()
+        sleeper.kill()
+        sleeper.wait()
 
 
-def test_run_status_states(tmp_path):
+def test_run_status_states(tmp_path, fake_trainer):
     run = tmp_path / "run"
     assert jobs.run_status(run)["state"] == "idle"
     run.mkdir()
-    proc = _sleeper()
+    proc = fake_trainer(run)
     try:
-        _write_job(run, proc, [sys.executable, "-c", "import time; time.sleep(60)"])
+        _write_job(run, proc, proc.args)
         (run / "samples").mkdir()
         sf.write(run / "samples" / "s.wav", np.zeros(1600, np.float32), 16000, subtype="PCM_16")
         recs = [{"kind": "status", "status": "running"},
@@ -329,6 +333,7 @@ def test_run_status_states(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+    time.sleep(processes._SCAN_TTL_S + 0.1)
     assert jobs.run_status(run)["state"] == "died"
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "status", "status": "stopped", "message": "stopped by SIGTERM"}) + "\n")
@@ -375,18 +380,18 @@ def test_start_training_validation(settings, args, match):
         jobs.start_training(settings, *args)
 
 
-def test_delete_run(settings, dirs):
+def test_delete_run(settings, dirs, fake_trainer):
     with pytest.raises(ServiceError, match="shipped model"):
         jobs.delete_run(settings, "tiny-shipped")
     make_tiny_checkpoint(dirs / "runs" / "doomed")
-    proc = _sleeper()
+    proc = fake_trainer(dirs / "runs" / "doomed")
     try:
-        _write_job(dirs / "runs" / "doomed", proc, [sys.executable, "-c", "import time; time.sleep(60)"])
         with pytest.raises(ServiceError, match="still training"):
             jobs.delete_run(settings, "doomed")
     finally:
         proc.kill()
         proc.wait()
+    time.sleep(processes._SCAN_TTL_S + 0.1)
     assert "Deleted" in jobs.delete_run(settings, "doomed")
     assert not (dirs / "runs" / "doomed").exists() and (dirs / "shipped" / "tiny-shipped").exists()
 
@@ -453,7 +458,7 @@ def test_real_training_start_stop_resume(settings, tmp_path):
         r = services.generate_clips(settings, "real", None, seconds=SECONDS, seed=0)  # its checkpoint is listed
         assert r["model"] == "real"
         jobs.resume_training(settings, "real")
-        assert "--resume" in jobs.read_job(run)["command"]
+        assert "--resume" in jobs.read_job(run)["command"] and jobs.folder_running(run)
         _wait(lambda: (s := jobs.run_status(run))["running"] and (s["step"] or 0) > stopped["step"], 300,
               "the resumed run to pass its old step")
         jobs.stop_training(settings, "real")
