@@ -8,15 +8,8 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
 from playground.app import build_app, launch_options  # noqa: E402
+from playground.listening.config import read_password_file  # noqa: E402
 from playground.services import Settings  # noqa: E402
-
-def read_password_file(path: str) -> str:
-    """The first line of a password file, without its line break."""
-    lines = open(path, encoding="utf-8").read().splitlines()
-    if not lines or not lines[0]:
-        raise SystemExit(f"{path}: the first line must hold the teacher password")
-    return lines[0]
-
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

@@ -14,11 +14,11 @@ nothing here imports torch or computes statistics.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 import gradio as gr
 
+from playground import services
 from playground.listening import catalog, results, session
 from playground.listening.builder import BuildRegistry
 from playground.listening.config import (
@@ -29,6 +29,7 @@ from playground.listening.config import (
     TestSpec,
     scales_from_table,
 )
+from playground.ui_generate import user_error
 
 log = logging.getLogger(__name__)
 RATE_PATH = "rate"
@@ -48,7 +49,7 @@ def call(fn, *args, **kwargs):
     except gr.Error:
         raise
     except ListeningError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc), getattr(fn, "__name__", fn)) from None
     except Exception as exc:  # noqa: BLE001 - the UI edge: log the trace, tell the user in one line
         log.exception("%s failed", getattr(fn, "__name__", fn))
         raise gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}).") from exc
@@ -56,6 +57,12 @@ def call(fn, *args, **kwargs):
 
 def _host(request: gr.Request | None) -> str | None:
     return request.client.host if request is not None and request.client is not None else None
+
+
+def export_base() -> Path:
+    """A temporary folder for this process's CSV exports (removed at exit; results.export_folder deletes
+    exports older than an hour each time a new one is made)."""
+    return services.process_temp_dir("listening-exports")
 
 
 def listen_settings(ctx=None) -> ListenSettings:
@@ -96,8 +103,9 @@ class TeacherHandlers:
 
     def start_build(self, password, title, kind, systems, real_dir, anchor, clips, seconds, temperature, prompt,
                     prompt_seconds, scales_table, gold_noise, gold_real, gold_tolerance, seed, instructions,
-                    request: gr.Request):
-        """Check the settings and start building the test in the background; returns its id."""
+                    max_raters=0, joins_per_host=0, request: gr.Request = None):
+        """Check the settings and start building the test in the background; returns its id. max_raters and
+        joins_per_host 0 (or empty): the app's defaults."""
         self._auth(password, request)
         scales = call(scales_from_table, scales_table) if kind == "custom" else []
         spec = TestSpec(title=str(title or "").strip(), kind=kind, models=list(systems or []),
@@ -106,7 +114,8 @@ class TeacherHandlers:
                         temperature=float(1.0 if temperature is None else temperature), prompt_file=prompt or None,
                         prompt_seconds=float(prompt_seconds or 1.0), scales=scales, gold_noise=int(gold_noise or 0),
                         gold_real=int(gold_real or 0), gold_tolerance=int(gold_tolerance or 0), seed=int(seed or 0),
-                        instructions=str(instructions or ""))
+                        instructions=str(instructions or ""), max_raters=int(max_raters or 0),
+                        joins_per_host=int(joins_per_host or 0))
         job = call(self.builds.start, spec, self.settings.root, model_roots=self.settings.model_roots,
                    limits=self.settings.limits)
         return (f"Building **{spec.title}** ({spec.n_clips()} clips)…", gr.Timer(active=True), job["test_id"],
@@ -155,20 +164,21 @@ class TeacherHandlers:
         call(results.set_open, folder, bool(is_open))
         return "Accepting ratings." if is_open else "Closed: raters cannot add ratings."
 
-    def results(self, password, test_id, ci, request: gr.Request):
-        """MOS table, pairwise tests, plot, paper-style markdown and CSV files of a test."""
+    def results(self, password, test_id, ci, exclude_flagged=False, request: gr.Request = None):
+        """MOS table, pairwise tests, plot, paper-style markdown (with the flagged raters) and CSV files of a
+        test; exclude_flagged leaves raters flagged as suspicious out of the numbers."""
         self._auth(password, request)
         if not test_id:
             raise gr.Error("Pick a test first.")
         folder = call(catalog.test_dir, self.settings.root, test_id)
-        summary = call(results.summarize, folder)
-        out = Path(tempfile.gettempdir()) / "sashimi-listening-exports" / test_id
+        summary = call(results.summarize, folder, exclude_flagged=bool(exclude_flagged))
+        out = call(results.export_folder, export_base(), test_id)
         files = call(results.export, folder, summary, out)
         r = summary["raters"]
         info = (f"**{summary['n_ratings_kept']}** ratings used of {summary['n_ratings']} · {r['joined']} raters "
                 f"joined, {r['finished']} finished · **{len(r['excluded'])}** excluded by gold checks "
-                f"(more than {r['gold_tolerance']} failed). Pairwise: paired t-tests on per-rater means, "
-                "Holm-Bonferroni corrected per scale.")
+                f"(more than {r['gold_tolerance']} failed) · **{results.flag_note(summary)}**. Pairwise: paired "
+                "t-tests on per-rater means, Holm-Bonferroni corrected per scale.\n" + results.flagged_list(summary))
         return (info, results.summary_rows(summary), results.pairwise_rows(summary),
                 results.figure(summary, "bootstrap" if ci == "bootstrap" else "t"),
                 results.markdown(summary, ci or "t"), [str(f) for f in files])
@@ -188,7 +198,7 @@ def build_listen_tab(ctx=None, builds: BuildRegistry | None = None) -> dict:
     gr.Markdown(TEACHER_HELP)
     with gr.Row(equal_height=True):
         password = gr.Textbox(label="Teacher password", type="password", scale=3, elem_id="listen-password",
-                              placeholder="set with --teacher-password or SASHIMI_TEACHER_PASSWORD")
+                              placeholder="set with SASHIMI_TEACHER_PASSWORD or --teacher-password-file")
         unlock = gr.Button("Unlock", variant="primary", scale=1, elem_id="listen-unlock")
     access = gr.Markdown(elem_id="listen-access")
     with gr.Column(visible=False) as tools:
@@ -220,6 +230,14 @@ def build_listen_tab(ctx=None, builds: BuildRegistry | None = None) -> dict:
                 gold_noise = gr.Number(label="Gold: noise clips (must be ≤ 2)", value=1, precision=0, minimum=0)
                 gold_real = gr.Number(label="Gold: real clips (must be ≥ 3)", value=0, precision=0, minimum=0)
                 gold_tol = gr.Number(label="Gold failures tolerated", value=0, precision=0, minimum=0)
+            with gr.Row():
+                limits = h.settings.limits
+                max_raters = gr.Number(label=f"Most raters (0: {limits.max_raters})", value=0, precision=0,
+                                       minimum=0, maximum=limits.max_raters, elem_id="listen-max-raters")
+                joins_per_host = gr.Number(label=f"New raters per network address per hour (0: "
+                                                 f"{limits.joins_per_host}; raise it when the class shares one "
+                                                 "address)", value=0, precision=0, minimum=0,
+                                           maximum=limits.max_raters, elem_id="listen-joins-per-host")
             instructions = gr.Textbox(label="Instructions for raters", lines=2,
                                       value="Use headphones. Play each clip to the end, then rate it.")
             with gr.Row():
@@ -238,6 +256,8 @@ def build_listen_tab(ctx=None, builds: BuildRegistry | None = None) -> dict:
                 is_open = gr.Checkbox(label="Accepting ratings", value=True)
                 ci = gr.Radio([("t-interval (paper)", "t"), ("two-way bootstrap", "bootstrap")], value="t",
                               label="Interval (markdown table and plot)")
+                exclude_flagged = gr.Checkbox(label="Leave out flagged raters", value=False,
+                                              elem_id="listen-exclude-flagged")
                 live = gr.Checkbox(label="Refresh every 5 s", value=False)
             show = gr.Button("Show results", variant="primary", elem_id="listen-show-results")
             info = gr.Markdown(elem_id="listen-results-info")
@@ -259,7 +279,8 @@ def build_listen_tab(ctx=None, builds: BuildRegistry | None = None) -> dict:
     password.submit(h.unlock, [password], [tools, access, systems, real_dir, picker], api_name="listen_unlock_enter",
                     api_visibility="undocumented")
     build_inputs = [password, title, kind, systems, real_dir, anchor, clips, seconds, temperature, prompt,
-                    prompt_seconds, scales, gold_noise, gold_real, gold_tol, seed, instructions]
+                    prompt_seconds, scales, gold_noise, gold_real, gold_tol, seed, instructions, max_raters,
+                    joins_per_host]
     build.click(h.start_build, build_inputs, [build_md, timer, build_id, picker], api_name="listen_build")
     timer.tick(h.build_status, [password, build_id], [build_md, timer, picker, test_md, is_open],
                api_name="listen_build_status", show_progress="hidden")
@@ -268,12 +289,12 @@ def build_listen_tab(ctx=None, builds: BuildRegistry | None = None) -> dict:
     picker.change(h.test_info, [password, picker], [test_md, is_open], api_name="listen_test_info")
     is_open.input(h.set_open, [password, picker, is_open], [test_md], api_name="listen_set_open")
     result_outputs = [info, table, pairs, plot, markdown, files]
-    show.click(h.results, [password, picker, ci], result_outputs, api_name="listen_results").then(
+    show.click(h.results, [password, picker, ci, exclude_flagged], result_outputs, api_name="listen_results").then(
         h.test_info, [password, picker], [test_md, is_open], api_name="listen_test_info_after_results",
         api_visibility="undocumented")
     live.change(lambda on: gr.Timer(active=bool(on)), [live], [live_timer], queue=False, api_name="listen_live",
                 api_visibility="undocumented")
-    live_timer.tick(h.results, [password, picker, ci], result_outputs, api_name="listen_results_live",
+    live_timer.tick(h.results, [password, picker, ci, exclude_flagged], result_outputs, api_name="listen_results_live",
                     api_visibility="undocumented", show_progress="hidden")
     delete.click(h.delete, [password, picker, confirm], [delete_md, picker, confirm], api_name="listen_delete")
     return {"password": password, "tools": tools, "picker": picker, "handlers": h}
@@ -319,7 +340,8 @@ class RaterHandlers:
         rater_id = params.get("rater") or (store or {}).get(code)
         if code and rater_id:
             try:
-                return self._render(session.join(self.settings.root, code, rater_id), store)
+                return self._render(session.join(self.settings.root, code, rater_id,
+                                                 client_host=_host(request) or "unknown"), store)
             except ListeningError:
                 pass
         return self._join_screen(code, store)
@@ -333,7 +355,8 @@ class RaterHandlers:
         """Join with a code (resuming this browser's rater for that code when there is one)."""
         code = catalog.normalize_code(code)
         agent = request.headers.get("user-agent", "") if request is not None else ""
-        screen = call(session.join, self.settings.root, code, (store or {}).get(code), agent)
+        screen = call(session.join, self.settings.root, code, (store or {}).get(code), agent,
+                      _host(request) or "unknown")  # every web join counts against its address's limit
         return self._render(screen, store)
 
     def played(self, code, rater_id, clip_id):

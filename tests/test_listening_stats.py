@@ -1,7 +1,10 @@
 """Listening-test statistics against scipy/numpy on known data, bootstrap reproducibility and coverage, the
-per-rater clip order (balanced, uniform positions: chi-square), and the results tables on a built test."""
+per-rater clip order (balanced, uniform positions: chi-square), the results tables on a built test, and
+the flags on suspicious raters."""
 from __future__ import annotations
 
+import csv
+import io
 import math
 
 import numpy as np
@@ -152,3 +155,39 @@ def test_results_on_a_built_test(tmp_path):
     assert summ.read_text().splitlines()[0].split(",") == results.SUMMARY_CSV_HEADERS
     fig = results.figure(summary)
     assert len(fig.data) == 2 and list(fig.data[0].x) == summary["systems"]
+
+
+def test_fast_and_identical_raters_are_flagged_and_can_be_left_out(tmp_path):
+    """Real build (0.1 s clips, no minimum listening time), real ratings: a scripted rater that plays and
+    rates at once (pushing alpha-model to 5 and passing the gold check) and one giving the same scores to
+    every clip are flagged with reasons; an honest rater who waits for each clip is not. Flagged raters
+    are counted by default and left out with exclude_flagged."""
+    from listening_helpers import build_tiny, rate_everything
+
+    root, folder, manifest, _ = build_tiny(tmp_path)
+    clips = {c["id"]: c for c in manifest["clips"]}
+    truth = {"alpha-model": 4, "beta-model": 3, "Real data": 5, "Anchor: white noise": 1, None: 1}
+    honest = rate_everything(root, manifest["code"], lambda c, s: truth[clips[c]["system"]], wait=0.12)
+    stuffer = rate_everything(root, manifest["code"],
+                              lambda c, s: 5 if clips[c]["system"] == "alpha-model" else 1)
+    same = rate_everything(root, manifest["code"], lambda c, s: 2, wait=0.12)
+    summary = results.summarize(folder, n_boot=200)
+    flagged = summary["raters"]["flagged"]
+    print(flagged)
+    assert set(flagged) == {stuffer, same} and honest not in flagged
+    assert summary["raters"]["excluded"] == []  # all three pass the gold check
+    assert any("listened to" in r for r in flagged[stuffer]) and any("before the clip" in r for r in flagged[stuffer])
+    assert flagged[same] == [f"gave the same scores to all {len(clips)} clips"]
+    mos = {(r["system"], r["scale"]): r["mos"] for r in summary["rows"]}
+    assert mos["alpha-model", "quality"] == pytest.approx((4 + 5 + 2) / 3)  # counted by default
+    kept = results.summarize(folder, n_boot=200, exclude_flagged=True)
+    assert {r["system"]: r["mos"] for r in kept["rows"] if r["scale"] == "quality"} == {
+        s: v for s, v in truth.items() if s is not None}
+    md = results.markdown(summary)
+    assert "2 flagged as suspicious, still counted" in md and f"- `{stuffer}`: listened to" in md
+    assert "from 3 raters" in md and "from 1 rater (" in results.markdown(kept)
+    rows = list(csv.DictReader(io.StringIO(results.ratings_csv(folder, exclude_flagged=True))))
+    assert {r["rater_id"] for r in rows if r["rater_flags"]} == {stuffer, same}
+    assert {r["rater_id"] for r in rows if r["rater_excluded"] == "1"} == {stuffer, same}
+    default_rows = list(csv.DictReader(io.StringIO(results.ratings_csv(folder))))
+    assert all(r["rater_excluded"] == "0" for r in default_rows)  # counted by default

@@ -1,6 +1,7 @@
 """Listening-test storage and flow with real files: SQLite schema and rules (played first, UNIQUE ratings),
-30 concurrent raters losing nothing, the builder's clips and manifest (real generation with a tiny model),
-the rater session (blind order, resume, closed tests) and the CLI."""
+30 concurrent raters losing nothing, join limits, the builder's clips and manifest (real generation with a
+tiny model; every source leaves with the same level and sample statistics), the rater session (blind order,
+resume, closed tests, score and code checks) and the CLI."""
 from __future__ import annotations
 
 import json
@@ -8,15 +9,22 @@ import sqlite3
 import threading
 import time
 
+import numpy as np
 import pytest
 import soundfile as sf
 from listening_helpers import MODEL_NAMES, REAL_PREFIX, build_tiny, make_checkpoints, make_real_folder, run_concurrently
 
-from playground.listening import catalog, session
+from playground.listening import builder, catalog, session
 from playground.listening.__main__ import main as cli
-from playground.listening.builder import BuildRegistry, build_test
+from playground.listening.builder import BuildRegistry, Clip, build_test, write_test
 from playground.listening.config import ListeningError, Scale, TestSpec
-from playground.listening.store import AlreadyRatedError, NotPlayedError, RatingStore, listening_time
+from playground.listening.store import (
+    AlreadyRatedError,
+    JoinLimitError,
+    NotPlayedError,
+    RatingStore,
+    listening_time,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +105,127 @@ def test_30_concurrent_raters_lose_nothing(tmp_path):
         assert conn.execute("SELECT COUNT(DISTINCT rater_id || clip_id) FROM ratings").fetchone()[0] == 600
 
 
+def test_join_limits_per_test_and_per_address(tmp_path):
+    """At most max_raters raters, at most per_host new raters per address and hour (an hour later the
+    address may add more); the address is stored only as a salted hash."""
+    store = RatingStore(tmp_path / "r.sqlite").init()
+    limits = dict(max_raters=4, per_host=2)
+    store.add_rater("a1", ["c"], host="10.0.0.1", now=1000.0, **limits)
+    store.add_rater("a2", ["c"], host="10.0.0.1", now=1001.0, **limits)
+    with pytest.raises(JoinLimitError, match="from your network address in the last hour"):
+        store.add_rater("a3", ["c"], host="10.0.0.1", now=1002.0, **limits)
+    store.add_rater("b1", ["c"], host="10.0.0.2", now=1003.0, **limits)
+    store.add_rater("a3", ["c"], host="10.0.0.1", now=1001.0 + 3601.0, **limits)  # the window has passed
+    with pytest.raises(JoinLimitError, match="test is full: it takes 4 raters"):
+        store.add_rater("c1", ["c"], host="10.0.0.3", now=5000.0, **limits)
+    assert [r["rater_id"] for r in store.raters()] == ["a1", "a2", "b1", "a3"]
+    with sqlite3.connect(store.path) as conn:
+        hashes = dict(conn.execute("SELECT rater_id, host_hash FROM raters"))
+    assert hashes["a1"] == hashes["a2"] == hashes["a3"] != hashes["b1"] and len(hashes["a1"]) == 32
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("r.sqlite*"))  # the file and its WAL
+    assert b"10.0.0.1" not in raw and b"10.0.0.2" not in raw
+
+
+def test_join_limit_holds_under_concurrent_joins(tmp_path):
+    """12 threads join from one address at once with a limit of 3: exactly 3 get in."""
+    store = RatingStore(tmp_path / "r.sqlite").init()
+    joined, refused = [], []
+
+    def join(i: int):
+        try:
+            RatingStore(store.path).add_rater(f"r{i}", ["c"], host="192.168.1.7", per_host=3)
+            joined.append(i)
+        except JoinLimitError:
+            refused.append(i)
+
+    run_concurrently(join, list(range(12)))
+    assert (len(joined), len(refused)) == (3, 9) and len(store.raters()) == 3
+
+
+def test_store_made_before_host_hash_accepts_joins(tmp_path):
+    """A ratings file from before the host_hash column gets it on the first join."""
+    from playground.listening.store import SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    old_schema = SCHEMA.replace(",\n    host_hash TEXT NOT NULL DEFAULT ''", "")
+    assert "host_hash" not in old_schema
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema + "INSERT INTO raters VALUES ('old', 1.0, '[\"c\"]', '');")
+    store = RatingStore(path)
+    store.add_rater("new", ["c"], host="10.0.0.9", per_host=1)
+    with pytest.raises(JoinLimitError):
+        store.add_rater("newer", ["c"], host="10.0.0.9", per_host=1)
+    assert [r["rater_id"] for r in store.raters()] == ["old", "new"]
+
+
 # ---------------------------------------------------------------------------------------------- builder
+def _three_sources(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Clips as the builder gets them, at their natural levels: model-like (8-bit mu-law tokens near silence
+    plus a few loud clicks: ~30 distinct values, a peak 30x the RMS), real-like (a modulated tone through the
+    codec, as with quantize_real) and white noise (the anchor)."""
+    import torch
+
+    from sashimi_core.quantize import mu_law_decode, mu_law_encode
+
+    tokens = np.clip(128 + np.round(rng.normal(0.0, 3.0, n)), 0, 255).astype(np.int64)
+    clicks = rng.choice(n, 20, replace=False)
+    tokens[clicks] = 128 + rng.choice([-1, 1], 20) * rng.integers(40, 70, 20)
+    t = np.arange(n) / 16000
+    tone = (0.2 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+            + 0.05 * np.sin(2 * np.pi * 1500 * t + 3 * np.sin(2 * np.pi * 5 * t)))
+    return {"model": mu_law_decode(torch.from_numpy(tokens)).numpy(),
+            "real": mu_law_decode(mu_law_encode(torch.from_numpy(tone))).numpy(),
+            "anchor": builder.white_noise(n, rng)}
+
+
+def _write(tmp_path, clips: list[Clip]) -> tuple[dict, dict[str, np.ndarray]]:
+    """write_test into a fresh folder; returns the manifest and {clip id: int16 samples read back}."""
+    folder = tmp_path / "test"
+    spec = TestSpec(title="Levels", kind="speech", models=["m"], anchor="noise", clips_per_system=2)
+    manifest = write_test(folder, spec, clips, [], 16000, "ABCDEF")
+    return manifest, {c["id"]: sf.read(str(folder / c["file"]), dtype="int16")[0] for c in manifest["clips"]}
+
+
+def _dbfs(samples: np.ndarray) -> float:
+    return 20 * np.log10(np.sqrt(np.mean((samples / 32768.0) ** 2)))
+
+
+def test_every_source_leaves_with_the_same_level_and_value_structure(tmp_path):
+    """Model-like, real-like and white-noise clips written by the real write path: every WAV is at -20 dBFS
+    RMS (+-0.5 dB; the old peak cap left spiky model clips ~15 dB quieter) and the number of distinct
+    sample values, which told the sources apart (~30 / ~200 / ~9000 before), is within a factor 1.5."""
+    rng = np.random.default_rng(7)
+    clips = [Clip(audio, kind, kind, {}) for _ in range(2) for kind, audio in _three_sources(16000, rng).items()]
+    assert len(np.unique(clips[0].audio)) < 50 and len(np.unique(clips[2].audio)) > 5000  # the sources differ
+    manifest, written = _write(tmp_path, clips)
+    kinds = {c["id"]: c["kind"] for c in manifest["clips"]}
+    levels = {i: _dbfs(a) for i, a in written.items()}
+    distinct = {i: len(np.unique(a)) for i, a in written.items()}
+    print("dBFS / distinct values:", [(kinds[i], round(levels[i], 2), distinct[i]) for i in written])
+    target = 20 * np.log10(builder.TARGET_RMS)
+    assert all(abs(db - target) < 0.5 for db in levels.values()), levels
+    assert max(distinct.values()) <= 1.5 * min(distinct.values()), distinct
+    assert all(np.abs(a.astype(np.int32)).max() < 32767 for a in written.values())  # limited, never clipped
+
+
+def test_prompt_and_continuation_are_levelled_apart(tmp_path):
+    """The shared prompt and what follows it each reach -20 dBFS, so the prompt sounds the same before a
+    quiet model continuation as before a loud real one."""
+    rng = np.random.default_rng(3)
+    sources = _three_sources(8000, rng)
+    prompt = sources["real"][:4000]
+    clips = [Clip(np.concatenate([prompt, sources["model"][:4000]]), "model", "m", {}, prompt=4000),
+             Clip(np.concatenate([prompt, 3 * sources["anchor"][:4000]]), "anchor", "a", {}, prompt=4000)]
+    manifest, written = _write(tmp_path, clips)
+    target = 20 * np.log10(builder.TARGET_RMS)
+    for entry in manifest["clips"]:
+        audio = written[entry["id"]]
+        assert abs(_dbfs(audio[:4000]) - target) < 0.5 and abs(_dbfs(audio[4000:]) - target) < 0.5
+        assert "prompt_gain_db" in entry
+    quiet, loud = manifest["clips"]
+    assert quiet["gain_db"] - loud["gain_db"] > 20 and abs(quiet["prompt_gain_db"] - loud["prompt_gain_db"]) < 0.1
+
+
 def test_builder_writes_blind_clips_and_manifest(built):
     root, folder, manifest, _ = built
     assert catalog.read_status(folder)["state"] == "ready"
@@ -144,6 +272,8 @@ def test_builder_prompt_and_temperature_anchor(tmp_path):
     (dict(gold_real=1), "real-data folder"),
     (dict(kind="custom"), "scales"),
     (dict(clip_seconds=100), "Clip length"),
+    (dict(max_raters=201), "Maximum raters"),
+    (dict(joins_per_host=-1), "New raters per address"),
 ])
 def test_spec_checks(bad, message):
     spec = dict(title="t", models=["m"], anchor="noise")
@@ -226,6 +356,48 @@ def test_min_listening_time_is_enforced(tmp_path):
     assert row["decision_s"] >= 0.3 and 0 < row["listen_s"] <= 0.3 + 1e-9 and row["n_plays"] == 1
 
 
+def test_join_limits_through_the_session(tmp_path):
+    """A test built with max_raters=3 and joins_per_host=2: a third join from one address is refused with a
+    message saying why, a returning rater is not a new join, another address gets the last place, then the
+    test is full for everyone."""
+    root, folder, manifest, _ = build_tiny(tmp_path, models=["alpha-model"], real_dir=None, anchor="none",
+                                           gold_noise=0, clips_per_system=1, clip_seconds=0.05, max_raters=3,
+                                           joins_per_host=2)
+    code = manifest["code"]
+    assert (manifest["max_raters"], manifest["joins_per_host"]) == (3, 2)
+    first = session.join(root, code, client_host="10.1.1.1")
+    session.join(root, code, client_host="10.1.1.1")
+    with pytest.raises(JoinLimitError, match="network address"):
+        session.join(root, code, client_host="10.1.1.1")
+    assert session.join(root, code, first.rater_id, client_host="10.1.1.1").rater_id == first.rater_id
+    session.join(root, code, client_host="10.1.1.2")
+    for host in ("10.1.1.3", None):
+        with pytest.raises(JoinLimitError, match="full"):
+            session.join(root, code, client_host=host)
+    assert len(RatingStore(folder / catalog.DB).raters()) == 3
+
+
+def test_scores_must_be_whole_numbers_and_bad_codes_are_not_echoed(built):
+    root, folder, manifest, _ = built
+    code = manifest["code"]
+    screen = session.join(root, code)
+    session.played(root, code, screen.rater_id, screen.clip_id)
+    for bad in (True, False, 3.0, 2.5, "4", 6, 0):
+        with pytest.raises(ListeningError, match="whole number from 1 to 5"):
+            session.rate(root, code, screen.rater_id, screen.clip_id, {"quality": bad, "intelligibility": 4})
+    assert screen.clip_id not in RatingStore(folder / catalog.DB).rater(screen.rater_id)["rated"]
+    session.rate(root, code, screen.rater_id, screen.clip_id, {"quality": np.int64(2), "intelligibility": 4})
+    mine = [r for r in RatingStore(folder / catalog.DB).ratings() if r["rater_id"] == screen.rater_id]
+    assert sorted((r["scale"], r["score"]) for r in mine) == [("intelligibility", 4), ("quality", 2)]
+    with pytest.raises(ListeningError) as err:
+        session.join(root, "Q" * 5000)
+    assert "QQQ" not in str(err.value) and len(str(err.value)) < 80 and "not a join code" in str(err.value)
+    with pytest.raises(ListeningError) as err:
+        session.join(root, "AB!" * 10)
+    quoted = str(err.value).split(" is not a join code")[0]
+    assert quoted.startswith("'AB!AB!") and len(quoted) <= 32
+
+
 def test_teacher_access_rules():
     from playground.listening.config import ListenSettings
 
@@ -236,7 +408,7 @@ def test_teacher_access_rules():
     session.teacher_allowed(ListenSettings(), None, "127.0.0.1")  # no password: this computer only
     with pytest.raises(ListeningError, match="computer running the app"):
         session.teacher_allowed(ListenSettings(), None, "192.168.1.20")
-    with pytest.raises(ListeningError, match="teacher-password"):
+    with pytest.raises(ListeningError, match="SASHIMI_TEACHER_PASSWORD"):
         session.teacher_allowed(ListenSettings(public=True), None, "127.0.0.1")  # public: no default
 
 

@@ -1,19 +1,24 @@
 """The listening pages served by the real playground (``python app.py``, launched as a process): the rater
 page and its API answers are blind (no system names, no original file names), the teacher endpoints need the
-password, and 30 raters rating over HTTP at once lose nothing."""
+password, new raters per address are limited, 30 raters rating over HTTP at once lose nothing, and the
+teacher's CSV exports go to a per-process folder that is cleaned."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from listening_helpers import MODEL_NAMES, REAL_PREFIX, build_tiny, make_checkpoints, run_concurrently
 
 from app_helpers import LaunchedApp
 from playground.listening import catalog
-from playground.listening.config import Scale
+from playground.listening.builder import build_test
+from playground.listening.config import Scale, TestSpec
 from playground.listening.store import RatingStore
 
 PASSWORD = "correct horse"
@@ -102,16 +107,61 @@ def test_teacher_endpoints_need_the_password(app):
     client = _client(launched.url)
     for password in ("", "wrong"):
         with pytest.raises(AppError, match="Wrong teacher password"):
-            client.predict(password, folder.name, "t", api_name="/listen_results")
+            client.predict(password, folder.name, "t", False, api_name="/listen_results")
         with pytest.raises(AppError, match="Wrong teacher password"):
             client.predict(password, api_name="/listen_unlock")
     unlocked = client.predict(PASSWORD, api_name="/listen_unlock")
     assert set(MODEL_NAMES) <= set(json.dumps(unlocked).replace('"', " ").split())  # models to pick from
-    info, summary, pairs, plot, markdown, files = client.predict(PASSWORD, folder.name, "t",
+    info, summary, pairs, plot, markdown, files = client.predict(PASSWORD, folder.name, "t", False,
                                                                  api_name="/listen_results")
     assert "| Model | Quality | Intelligibility |" in markdown and MODEL_NAMES[0] in markdown
     assert {r[0] for r in summary["data"]} >= set(MODEL_NAMES)
     assert len(files) == 2
+
+
+def test_new_raters_per_address_are_limited_over_http(app, tmp_path):
+    """A test allowing 2 new raters per address and hour: the third browser joining from this computer is
+    refused with a message saying why; the first rater can still resume."""
+    from gradio_client.exceptions import AppError
+
+    launched, root, _, _ = app
+    ck = make_checkpoints(tmp_path / "ck", names=("solo",))
+    spec = TestSpec(title="Limited", kind="custom", models=["solo"], clips_per_system=1, clip_seconds=0.05,
+                    scales=[Scale("overall", "Overall", "How good is it?")], joins_per_host=2)
+    code = catalog.read_manifest(build_test(spec, root, model_roots=[(ck, True)]))["code"]
+    client = _client(launched.url)
+    first = client.predict(code, {}, api_name="/join")
+    client.predict(code, {}, api_name="/join")
+    with pytest.raises(AppError, match="from your network address in the last hour"):
+        client.predict(code, {}, api_name="/join")
+    resumed = client.predict(code, {code: first[-4]}, api_name="/join")
+    assert resumed[-4] == first[-4]
+
+
+def test_exports_go_to_a_per_process_folder_and_old_ones_are_deleted(tmp_path):
+    """The results handler writes its CSVs under this process's own temporary folder (not a fixed shared
+    /tmp path), a new folder per export; exports older than an hour are deleted when a new one is made."""
+    from listening_helpers import rate_everything
+
+    from playground.listening import results
+    from playground.listening.config import ListenSettings
+    from playground.ui_listen import TeacherHandlers, export_base
+
+    root, folder, manifest, _ = build_tiny(tmp_path, models=["alpha-model"], real_dir=None, gold_noise=0,
+                                           clips_per_system=1)
+    rate_everything(root, manifest["code"], lambda c, s: 3)
+    handlers = TeacherHandlers(ListenSettings(root=root, password="pw"))
+    info, *_, files = handlers.results("pw", folder.name, "t", False, None)
+    assert "flagged as suspicious" in info
+    base = export_base()
+    assert Path(files[0]).parent.parent == base and base.name.startswith("sashimi-listening-exports-")
+    assert base != Path(tempfile.gettempdir()) / "sashimi-listening-exports"
+    assert [Path(f).name for f in files] == ["ratings.csv", "summary.csv"]
+    old = Path(files[0]).parent
+    hour_ago = time.time() - results.EXPORT_MAX_AGE_S - 60
+    os.utime(old, (hour_ago, hour_ago))
+    *_, newer = handlers.results("pw", folder.name, "t", False, None)
+    assert not old.exists() and all(Path(f).is_file() for f in newer) and Path(newer[0]).parent != old
 
 
 @pytest.mark.slow
@@ -148,11 +198,8 @@ def test_30_raters_over_http_lose_nothing(app, tmp_path):
 
 def _fresh_test(tmp_path, root):
     """A 20-clip, one-scale test built into the app's listening folder (the app finds it by its code)."""
-    from playground.listening.builder import build_test
-    from playground.listening.config import TestSpec
-
     ck = make_checkpoints(tmp_path / "ck", names=("solo",))
     spec = TestSpec(title="Load test", kind="custom", models=["solo"], anchor="noise", clips_per_system=10,
                     clip_seconds=0.05, scales=[Scale("overall", "Overall", "How good is it?")],
-                    min_listen_fraction=0.0)
+                    min_listen_fraction=0.0, joins_per_host=30)  # all 30 clients come from 127.0.0.1
     return build_test(spec, root, model_roots=[(ck, True)])

@@ -6,7 +6,7 @@
     store.py    SQLite (WAL) ratings: raters, play events, ratings with UNIQUE (rater, clip, scale)
     session.py  the rater flow over plain values: join, blind random order, played, rate, resume
     stats.py    t-interval, two-way bootstrap, paired/Welch t-tests, Holm (numpy only)
-    results.py  MOS tables, pairwise comparisons, gold exclusions, markdown/CSV/plotly renderings
+    results.py  MOS tables, pairwise comparisons, gold exclusions, rater flags, markdown/CSV/plotly renderings
     __main__.py CLI: create, list, summarize, open/close, serve
 
 The UI is playground/ui_listen.py (teacher tab + the /rate page). Nothing here imports torch at import

@@ -4,9 +4,9 @@
         --real data/sc09-synth --anchor noise --clips 8 --seconds 1 --gold-noise 1
     python -m playground.listening list
     python -m playground.listening summarize listening_tests/<test_id> [--csv summary.csv]
-        [--ratings-csv ratings.csv] [--markdown] [--ci t|bootstrap] [--json]
+        [--ratings-csv ratings.csv] [--markdown] [--ci t|bootstrap] [--json] [--exclude-flagged]
     python -m playground.listening close|open listening_tests/<test_id>
-    python -m playground.listening serve --host 0.0.0.0 --teacher-password secret   # listening-only app
+    SASHIMI_TEACHER_PASSWORD=secret python -m playground.listening serve --host 0.0.0.0   # listening-only app
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from playground.listening import catalog
-from playground.listening.config import ANCHORS, ListeningError, Scale, TestSpec, default_root
+from playground.listening.config import ANCHORS, Limits, ListeningError, Scale, TestSpec, default_root
 
 
 def parse_scale(text: str) -> Scale:
@@ -39,7 +39,8 @@ def cmd_create(args) -> int:
                     prompt_seconds=args.prompt_seconds, temperature=args.temperature, top_p=args.top_p,
                     scales=args.scale or [], gold_noise=args.gold_noise, gold_real=args.gold_real,
                     gold_tolerance=args.gold_tolerance, seed=args.seed, quantize_real=not args.no_quantize_real,
-                    normalize=not args.no_normalize, instructions=args.instructions)
+                    normalize=not args.no_normalize, instructions=args.instructions, max_raters=args.max_raters,
+                    joins_per_host=args.joins_per_host)
     roots = [(Path(p), True) for p in args.checkpoints] if args.checkpoints else None
     last = [-1]
 
@@ -67,11 +68,11 @@ def cmd_summarize(args) -> int:
     from playground.listening import results
 
     folder = Path(args.test_dir)
-    summary = results.summarize(folder, n_boot=args.boot, seed=args.seed)
+    summary = results.summarize(folder, n_boot=args.boot, seed=args.seed, exclude_flagged=args.exclude_flagged)
     if args.csv:
         Path(args.csv).write_text(results.summary_csv(summary))
     if args.ratings_csv:
-        Path(args.ratings_csv).write_text(results.ratings_csv(folder))
+        Path(args.ratings_csv).write_text(results.ratings_csv(folder, args.exclude_flagged))
     if args.json:
         print(json.dumps(summary, indent=2, default=float))
         return 0
@@ -83,7 +84,9 @@ def cmd_summarize(args) -> int:
     print(_text_table(results.PAIRWISE_HEADERS, results.pairwise_rows(summary)))
     r = summary["raters"]
     print(f"\n{summary['n_ratings']} ratings, {r['joined']} raters joined, {r['finished']} finished, "
-          f"{len(r['excluded'])} excluded by gold checks (tolerance {r['gold_tolerance']}).")
+          f"{len(r['excluded'])} excluded by gold checks (tolerance {r['gold_tolerance']}), "
+          f"{results.flag_note(summary)}.")
+    print(results.flagged_list(summary), end="")
     return 0
 
 
@@ -108,9 +111,10 @@ def cmd_open(args, is_open: bool) -> int:
 def cmd_serve(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from playground import ui_listen
-    from playground.listening.config import ListenSettings
+    from playground.listening.config import ListenSettings, read_password_file
 
-    settings = ListenSettings.create(password=args.teacher_password, root=args.root, public=args.public or None)
+    password = read_password_file(args.teacher_password_file) if args.teacher_password_file else None
+    settings = ListenSettings.create(password=password, root=args.root, public=args.public or None)
     demo = ui_listen.build_rater_app(settings)
     demo.launch(server_name=args.host, server_port=args.port, show_error=True)
     return 0
@@ -143,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--no-quantize-real", action="store_true")
     c.add_argument("--no-normalize", action="store_true")
     c.add_argument("--instructions", default="")
+    c.add_argument("--max-raters", type=int, default=0, help=f"most raters who may join (0: {Limits().max_raters})")
+    c.add_argument("--joins-per-host", type=int, default=0,
+                   help=f"new raters per client address and hour (0: {Limits().joins_per_host}); raise it "
+                        "when a class shares one address")
     sub.add_parser("list", help="list tests with their codes")
     s = sub.add_parser("summarize", help="MOS ± 95%% CI, pairwise tests, exclusions")
     s.add_argument("test_dir")
@@ -153,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", action="store_true", help="print the whole summary as JSON")
     s.add_argument("--boot", type=int, default=2000, help="bootstrap replicates")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.add_argument("--exclude-flagged", action="store_true", help="leave raters flagged as suspicious out")
     for name in ("open", "close"):
         o = sub.add_parser(name, help=f"{name} a test for ratings")
         o.add_argument("test_dir")
     v = sub.add_parser("serve", help="serve only the listening pages (teacher page + /rate)")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=7860)
-    v.add_argument("--teacher-password", default=None, help="(or env SASHIMI_TEACHER_PASSWORD)")
+    v.add_argument("--teacher-password-file", default=None, metavar="FILE",
+                   help="file whose first line is the teacher password (or env SASHIMI_TEACHER_PASSWORD)")
     v.add_argument("--public", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

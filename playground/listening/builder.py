@@ -12,7 +12,16 @@ modelling, not quantisation), and an optional low anchor (white noise, or the fi
 2.0). Gold clips (white noise that must be rated <= 2, real clips that must be rated >= 3 on the first
 scale) flag careless raters and are left out of the results. With a prompt file, every clip of every system
 starts with the same prompt, so clips stay indistinguishable by their start; raters judge what follows.
-All clips have exactly the same length and, by default, the same RMS level.
+All clips have exactly the same length.
+
+Every clip, whatever its source, leaves through one chain (:func:`finish`), so neither loudness nor sample
+statistics tell sources apart: (1) smear each sample uniformly over one step of the models' 8-bit mu-law
+codec, which turns a clip that is already on the mu-law grid (models, quantised real data) and one that is
+not (noise, unquantised real data) into alike continuous signals; (2) with `normalize`, gain to -20 dBFS
+RMS and a soft-knee peak limiter above -3 dBFS (the prompt and the continuation are levelled separately, so
+the shared prompt sounds the same in every clip); (3) re-encode through the 8-bit mu-law codec at the final
+level; (4) TPDF dither of +-1 LSB and 16-bit PCM. Without (1), a model clip amplified by 40 dB keeps its ~30
+distinct values while real clips have hundreds and white noise thousands.
 
 :class:`BuildRegistry` runs builds in background threads with progress in status.json and a stop flag.
 torch is imported only inside the functions that need it.
@@ -37,8 +46,13 @@ from playground.listening.store import RatingStore
 
 log = logging.getLogger(__name__)
 TARGET_RMS = 0.1  # -20 dBFS
-PEAK = 0.989  # -0.1 dBFS
+KNEE = 10 ** (-3 / 20)  # -3 dBFS: the limiter leaves samples below this untouched
+PEAK = 0.989  # -0.1 dBFS: the limiter's ceiling
+MAX_GAIN = 1000.0  # +60 dB
+SILENCE_RMS = 1e-6  # quieter clips are not amplified
+LEVEL_TOLERANCE_DB = 0.01
 NOISE_RMS = 0.1
+PCM_SCALE = 32767.0  # float [-1, 1] -> 16-bit PCM
 Progress = Callable[[float, str], None]
 
 
@@ -54,6 +68,7 @@ class Clip:
     kind: str  # model | real | anchor | gold-noise | gold-real
     system: str | None  # display name of its system; None for gold clips
     meta: dict
+    prompt: int = 0  # leading samples that are the shared prompt (levelled apart from the continuation)
 
 
 def resolve_models(names: list[str], model_roots=None) -> list[dict]:
@@ -70,16 +85,76 @@ def resolve_models(names: list[str], model_roots=None) -> list[dict]:
     return out
 
 
+def rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
+
+
+def soft_limit(audio: np.ndarray) -> np.ndarray:
+    """Peak limiter without look-ahead: samples (n,) float64 with |x| <= KNEE pass unchanged; above, a tanh
+    knee that starts with slope 1 at KNEE and approaches PEAK, so nothing exceeds PEAK (-0.1 dBFS)."""
+    out = np.array(audio, dtype=np.float64)
+    mag = np.abs(out)
+    over = mag > KNEE
+    span = PEAK - KNEE
+    out[over] = np.sign(out[over]) * (KNEE + span * np.tanh((mag[over] - KNEE) / span))
+    return out
+
+
 def level(audio: np.ndarray, normalize: bool) -> tuple[np.ndarray, float]:
-    """Scale to TARGET_RMS with peaks at most PEAK (when normalize); returns (audio, gain in dB)."""
+    """Gain to TARGET_RMS measured after the peak limiter (when normalize; else only clipped to +-PEAK).
+    audio (n,) float -> (audio (n,) float64, gain in dB). Silence stays silence; the gain is at most MAX_GAIN."""
     audio = np.nan_to_num(np.asarray(audio, dtype=np.float64))
     if not normalize:
-        return np.clip(audio, -1.0, 1.0).astype(np.float32), 0.0
-    rms, peak = float(np.sqrt(np.mean(audio**2))), float(np.abs(audio).max(initial=0.0))
-    if rms < 1e-6:  # silence stays silence
-        return audio.astype(np.float32), 0.0
-    gain = min(TARGET_RMS / rms, PEAK / peak, 1000.0)
-    return np.clip(audio * gain, -1.0, 1.0).astype(np.float32), float(20 * np.log10(gain))
+        return np.clip(audio, -PEAK, PEAK), 0.0
+    if rms(audio) < SILENCE_RMS:
+        return audio, 0.0
+    gain = TARGET_RMS / rms(audio)
+    for _ in range(40):  # the limiter takes some level off: raise the gain until the RMS is on target
+        got = rms(soft_limit(audio * min(gain, MAX_GAIN)))
+        if gain >= MAX_GAIN or abs(20 * np.log10(got / TARGET_RMS)) < LEVEL_TOLERANCE_DB:
+            break
+        gain *= TARGET_RMS / got  # rms(limit(g x)) grows slower than g: this approaches from below
+    gain = min(gain, MAX_GAIN)
+    return soft_limit(audio * gain), float(20 * np.log10(gain))
+
+
+def mu_law_smear(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Move each sample uniformly within +-half a step of the 8-bit mu-law codec, in its compressed domain:
+    (n,) float -> (n,) float64. A clip on the codec's grid becomes continuous, and a gain then moves it onto
+    the final grid as densely as any other clip; the added noise equals the codec's own quantisation noise."""
+    from sashimi_core.quantize import LEVELS, ZERO_TOKEN, mu_law_decode
+
+    x = np.clip(np.asarray(audio, dtype=np.float64), -1.0, 1.0)
+    mu = LEVELS - 1
+    # the continuous inverse of mu_law_decode: token position t with x = sign(y)/mu * expm1(|y| ln(mu+1))
+    tokens = ZERO_TOKEN + ZERO_TOKEN * np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    tokens = np.clip(tokens + rng.uniform(-0.5, 0.5, len(x)), 0, mu)
+    return mu_law_decode(tokens).numpy().astype(np.float64)
+
+
+def to_pcm16(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The final codec: (n,) float -> 8-bit mu-law -> (n,) int16 with TPDF dither of +-1 LSB."""
+    import torch
+
+    from sashimi_core.quantize import mu_law_decode, mu_law_encode
+
+    coded = mu_law_decode(mu_law_encode(torch.from_numpy(np.asarray(audio, dtype=np.float64)))).numpy()
+    tpdf = rng.uniform(-0.5, 0.5, len(coded)) + rng.uniform(-0.5, 0.5, len(coded))
+    return np.clip(np.round(coded.astype(np.float64) * PCM_SCALE + tpdf), -32768, 32767).astype(np.int16)
+
+
+def finish(clip: Clip, normalize: bool, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+    """The chain every clip leaves through (module docstring): smear, level prompt and continuation
+    separately, 8-bit mu-law, dither. Returns (int16 samples (n,), gains in dB of [prompt,] continuation)."""
+    audio = np.nan_to_num(np.asarray(clip.audio, dtype=np.float64))
+    smeared = mu_law_smear(audio, rng)
+    parts, gains = [], []
+    for part in [slice(0, clip.prompt), slice(clip.prompt, None)] if clip.prompt else [slice(None)]:
+        silent = rms(audio[part]) < SILENCE_RMS  # judged before the smear, which adds noise at about -86 dBFS
+        leveled, gain_db = level(smeared[part], normalize and not silent)
+        parts.append(leveled)
+        gains.append(gain_db)
+    return to_pcm16(np.concatenate(parts), rng), gains
 
 
 def white_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -158,6 +233,9 @@ def make_clips(spec: TestSpec, model_roots=None, progress: Progress | None = Non
     clips, systems = [], []
     rng = np.random.default_rng(spec.seed)
 
+    if prompt is not None:  # the prompt as the models hear and reproduce it: through their codec
+        prompt = decode(encode(torch.from_numpy(prompt), quant), quant).numpy()
+
     def with_prompt(audio: np.ndarray) -> np.ndarray:
         return audio if prompt is None else np.concatenate([prompt, audio]).astype(np.float32)
 
@@ -181,7 +259,7 @@ def make_clips(spec: TestSpec, model_roots=None, progress: Progress | None = Non
                         "temperature": float(temperature), "seed": seed})
         for i in range(k):
             clips.append(Clip(audio[i], "anchor" if anchor else "model", name,
-                              {"seed": seed, "index": i, "nll_bits": round(float(stats.nll_bits[i]), 4)}))
+                              {"seed": seed, "index": i, "nll_bits": round(float(stats.nll_bits[i]), 4)}, p_len))
     if spec.real_dir:
         steps.report(0, "cutting real-data clips")
         windows = real_windows(spec.real_dir, k + spec.gold_real, n, sr, rng)
@@ -189,15 +267,16 @@ def make_clips(spec: TestSpec, model_roots=None, progress: Progress | None = Non
             windows = [(decode(encode(torch.from_numpy(a), quant), quant).numpy(), f) for a, f in windows]
         systems.append({"name": "Real data", "kind": "real", "path": str(spec.real_dir)})
         for i, (audio, source) in enumerate(windows[:k]):
-            clips.append(Clip(with_prompt(audio), "real", "Real data", {"source": source, "index": i}))
+            clips.append(Clip(with_prompt(audio), "real", "Real data", {"source": source, "index": i}, p_len))
         for i, (audio, source) in enumerate(windows[k:]):
-            clips.append(Clip(with_prompt(audio), "gold-real", None, {"source": source, "index": i}))
+            clips.append(Clip(with_prompt(audio), "gold-real", None, {"source": source, "index": i}, p_len))
     if spec.anchor == "noise":
         systems.append({"name": "Anchor: white noise", "kind": "anchor"})
         for i in range(k):
-            clips.append(Clip(with_prompt(white_noise(n, rng)), "anchor", "Anchor: white noise", {"index": i}))
+            clips.append(Clip(with_prompt(white_noise(n, rng)), "anchor", "Anchor: white noise", {"index": i},
+                              p_len))
     for i in range(spec.gold_noise):
-        clips.append(Clip(with_prompt(white_noise(n, rng)), "gold-noise", None, {"index": i}))
+        clips.append(Clip(with_prompt(white_noise(n, rng)), "gold-noise", None, {"index": i}, p_len))
     steps.check()
     assert all(len(c.audio) == p_len + n for c in clips), "every clip must have the same length"
     return clips, systems, sr
@@ -214,29 +293,35 @@ def gold_rule(kind: str, first_scale: str) -> dict | None:
 
 def write_test(folder: Path, spec: TestSpec, clips: list[Clip], systems: list[dict], sample_rate: int,
                code: str) -> dict:
-    """Write clips under opaque ids, the manifest and an empty ratings database; returns the manifest."""
+    """Write clips (each through :func:`finish`) under opaque ids, the manifest and an empty ratings
+    database; returns the manifest. The spec's max_raters / joins_per_host should be resolved (with_limits)."""
     import soundfile as sf
 
     scales = spec.resolved_scales()
     clip_dir = folder / catalog.CLIPS
     clip_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([spec.seed, 1])  # smear and dither noise, reproducible per seed
     entries, used = [], set()
     for clip in clips:
         clip_id = secrets.token_hex(6)
         while clip_id in used:
             clip_id = secrets.token_hex(6)
         used.add(clip_id)
-        audio, gain_db = level(clip.audio, spec.normalize)
+        audio, gains = finish(clip, spec.normalize, rng)
         path = clip_dir / f"{clip_id}.wav"
         sf.write(str(path), audio, sample_rate, subtype="PCM_16", format="WAV")
+        extra = {"prompt_gain_db": round(gains[0], 2)} if clip.prompt else {}
         entries.append({"id": clip_id, "file": f"{catalog.CLIPS}/{clip_id}.wav", "kind": clip.kind,
                         "system": clip.system, "samples": len(audio), "seconds": round(len(audio) / sample_rate, 6),
-                        "gain_db": round(gain_db, 2), "gold": gold_rule(clip.kind, scales[0].id), **clip.meta})
+                        "gain_db": round(gains[-1], 2), **extra, "gold": gold_rule(clip.kind, scales[0].id),
+                        **clip.meta})
     manifest = {"format_version": catalog.FORMAT_VERSION, "test_id": folder.name, "code": code,
                 "title": spec.title, "kind": spec.kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "sample_rate": sample_rate, "scales": spec.to_dict()["scales"], "systems": systems,
                 "clips": entries, "spec": spec.to_dict(), "instructions": spec.instructions,
-                "min_listen_fraction": spec.min_listen_fraction, "gold_tolerance": spec.gold_tolerance}
+                "min_listen_fraction": spec.min_listen_fraction, "gold_tolerance": spec.gold_tolerance,
+                "max_raters": spec.max_raters or Limits().max_raters,
+                "joins_per_host": spec.joins_per_host or Limits().joins_per_host}
     RatingStore(folder / catalog.DB).init()
     catalog.write_manifest(folder, manifest)
     return manifest
@@ -248,6 +333,7 @@ def build_test(spec: TestSpec, root: Path, *, model_roots=None, limits: Limits |
     """Build a whole test under root/<test_id>/ (status.json tracks progress). Returns the folder.
     Raises ListeningError for bad settings, BuildCancelled when stop() turned true."""
     spec.check(limits)
+    spec = spec.with_limits(limits)
     root = Path(root)
     test_id = test_id or catalog.new_test_id()
     folder = catalog.test_dir(root, test_id)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from playground.listening.config import ListeningError
+from playground.listening.config import ECHO_CHARS, ListeningError, echo
 from sashimi_core.checkpoint import atomic_write_json
 
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -62,7 +62,7 @@ def new_code(root: Path) -> str:
 def test_dir(root: Path, test_id: str) -> Path:
     """The folder of a test id; refuses anything that is not a test id (no path tricks)."""
     if not TEST_ID_RE.match(str(test_id or "")):
-        raise ListeningError(f"{test_id!r} is not a listening test id.")
+        raise ListeningError(f"{echo(test_id)} is not a listening test id.")
     return Path(root) / test_id
 
 
@@ -117,7 +117,8 @@ def find_by_code(root: Path, code: str) -> Path:
     if not code:
         raise ListeningError("Enter the join code your teacher gave you.")
     if len(code) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
-        raise ListeningError(f"{code!r} is not a join code: codes are {CODE_LENGTH} letters and digits.")
+        shown = "That" if len(code) > ECHO_CHARS else echo(code)  # a long code is not quoted back at all
+        raise ListeningError(f"{shown} is not a join code: codes are {CODE_LENGTH} letters and digits.")
     for test in list_tests(root):
         if test["code"] == code and test["state"] == "ready":
             return Path(test["dir"])

@@ -10,17 +10,24 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 ANCHORS = ("Bad", "Poor", "Fair", "Good", "Excellent")
 ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 KINDS = ("music", "speech", "custom")
 ANCHOR_KINDS = ("none", "noise", "temperature")
+ECHO_CHARS = 32  # user input quoted back in an error message is cut to this many characters
 
 
 class ListeningError(ValueError):
     """A request the listening test refuses; the message is meant for the user."""
+
+
+def echo(value, limit: int = ECHO_CHARS) -> str:
+    """repr(value) for an error message, cut to `limit` characters (user input is never echoed in full)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,11 @@ class TestSpec:
     gold_tolerance: int = 0  # a rater failing more gold checks than this is excluded from the results
     seed: int = 0
     quantize_real: bool = True  # pass real clips through the models' 8-bit quantiser (fair comparison)
-    normalize: bool = True  # scale every clip to the same RMS level (-20 dBFS, peaks below -0.1 dBFS)
+    normalize: bool = True  # every clip at -20 dBFS RMS; a soft limiter above -3 dBFS keeps peaks below -0.1 dBFS
     min_listen_fraction: float = 0.8  # a rating is refused until this fraction of the clip could be heard
     instructions: str = ""  # shown to raters above the first clip
+    max_raters: int = 0  # raters who may join (0: the app's limit, Limits.max_raters)
+    joins_per_host: int = 0  # new raters per client address and hour (0: the default, Limits.joins_per_host)
 
     def resolved_scales(self) -> list[Scale]:
         """The scales raters see: the preset of `kind`, or the custom ones."""
@@ -109,6 +118,12 @@ class TestSpec:
         d = dict(d)
         d["scales"] = [s if isinstance(s, Scale) else Scale.from_dict(s) for s in d.get("scales") or []]
         return cls(**d)
+
+    def with_limits(self, limits: Limits | None = None) -> TestSpec:
+        """This spec with max_raters and joins_per_host resolved (0 -> the limits' values)."""
+        limits = limits or Limits()
+        return replace(self, max_raters=self.max_raters or limits.max_raters,
+                       joins_per_host=self.joins_per_host or limits.joins_per_host)
 
     def n_systems(self) -> int:
         return len(self.models) + bool(self.real_dir) + (self.anchor != "none")
@@ -150,6 +165,12 @@ class TestSpec:
             raise ListeningError(f"This test would have {self.n_clips()} clips; the limit here is {limits.max_clips}.")
         if not 0.0 <= self.min_listen_fraction <= 1.0:
             raise ListeningError("The minimum listening fraction must be in [0, 1].")
+        if not 0 <= self.max_raters <= limits.max_raters:
+            raise ListeningError(f"Maximum raters must be 1 to {limits.max_raters} (or 0 for the default, "
+                                 f"{limits.max_raters}), got {self.max_raters}.")
+        if not 0 <= self.joins_per_host <= limits.max_raters:
+            raise ListeningError(f"New raters per address and hour must be 1 to {limits.max_raters} (or 0 for "
+                                 f"the default, {limits.joins_per_host}), got {self.joins_per_host}.")
         scales = self.resolved_scales()
         if not 1 <= len(scales) <= MAX_SCALES:
             raise ListeningError(f"A test needs 1 to {MAX_SCALES} scales, got {len(scales)}.")
@@ -180,14 +201,31 @@ def scales_from_table(rows) -> list[Scale]:
 
 @dataclass(frozen=True)
 class Limits:
-    """Size caps for building tests (tighter in public mode)."""
+    """Size caps for building tests (tighter in public mode). max_raters: the most raters one test may
+    have (also the default); joins_per_host: default of how many new raters one client address may add
+    to a test per hour (a teacher may raise it up to max_raters, e.g. for a class behind one NAT address)."""
 
     max_clips_per_system: int = 50
     max_clip_seconds: float = 30.0
     max_clips: int = 400
+    max_raters: int = 200
+    joins_per_host: int = 5
 
 
-PUBLIC_LIMITS = Limits(max_clips_per_system=10, max_clip_seconds=4.0, max_clips=60)
+PUBLIC_LIMITS = Limits(max_clips_per_system=10, max_clip_seconds=4.0, max_clips=60, max_raters=100,
+                       joins_per_host=3)
+
+
+def read_password_file(path) -> str:
+    """The teacher password: the first line of a file (so it never shows in `ps`, as a command-line
+    argument would)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ListeningError(f"Cannot read the teacher password file {path}: {exc}") from exc
+    if not lines or not lines[0]:
+        raise ListeningError(f"{path}: the first line must hold the teacher password.")
+    return lines[0]
 
 
 def default_root() -> Path:

@@ -10,12 +10,17 @@ Statistics (see stats.py and docs/listening.md):
   p-values Holm-Bonferroni corrected within the scale; "significant" = adjusted p < 0.05.
 - Gold checks: a rater failing more gold clips than the test's tolerance is excluded from every number; gold
   clips themselves never count towards a system.
+- Flags (:func:`rater_flags`): raters whose answering looks scripted or careless (listened to little of the
+  clips, answered before the clips could end, the same scores on every clip). Reported with reasons and
+  still counted, unless the teacher asks to leave flagged raters out (``exclude_flagged``).
 """
 from __future__ import annotations
 
 import csv
 import io
 import itertools
+import secrets
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +31,10 @@ from playground.listening import catalog, stats
 from playground.listening.store import RatingStore
 
 ALPHA = 0.05
+LISTEN_FLAG = 0.5  # flag: median (seconds played / clip length) below this
+FAST_FLAG = 1.0  # flag: median (first play -> submit, in clip lengths) below this: answered before the clip ended
+SAME_SCORES_MIN_CLIPS = 5  # flag: the same scores on every clip, over at least this many clips
+EXPORT_MAX_AGE_S = 3600.0
 
 
 def gold_check(manifest: dict, ratings: list[dict]) -> dict[str, dict]:
@@ -52,8 +61,37 @@ def excluded_raters(manifest: dict, gold: dict[str, dict]) -> list[str]:
     return sorted(r for r, g in gold.items() if g["failed"] > tolerance)
 
 
-def summarize(folder: Path, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """Everything the results view shows, as JSON-ready values (see module docstring)."""
+def rater_flags(manifest: dict, ratings: list[dict]) -> dict[str, list[str]]:
+    """Raters whose answers look scripted or careless -> the reasons (sentences for the teacher):
+    median listening time under LISTEN_FLAG of the clip length; median first play -> submit shorter than
+    FAST_FLAG clip lengths; the same score on every clip on every scale over >= SAME_SCORES_MIN_CLIPS clips."""
+    seconds = {c["id"]: max(float(c["seconds"]), 1e-9) for c in manifest["clips"]}
+    by_rater: dict[str, dict[str, dict]] = defaultdict(dict)  # rater -> clip -> {listen, decision, scores}
+    for r in ratings:  # listen_s and decision_s are the same on every scale of one clip
+        clip = {"listen": r["listen_s"] / seconds[r["clip_id"]], "decision": r["decision_s"] / seconds[r["clip_id"]]}
+        by_rater[r["rater_id"]].setdefault(r["clip_id"], clip | {"scores": {}})["scores"][r["scale"]] = r["score"]
+    flags = {}
+    for rater, rated in by_rater.items():
+        reasons = []
+        listened = float(np.median([c["listen"] for c in rated.values()]))  # in clip lengths
+        if listened < LISTEN_FLAG:
+            reasons.append(f"listened to {listened:.0%} of a clip's length (median)")
+        decided = float(np.median([c["decision"] for c in rated.values()]))
+        if decided < FAST_FLAG:
+            reasons.append(f"answered {decided:.0%} of a clip's length after pressing play (median), before the "
+                           "clip could end")
+        answers = {tuple(sorted(c["scores"].items())) for c in rated.values()}
+        if len(rated) >= SAME_SCORES_MIN_CLIPS and len(answers) == 1:
+            reasons.append(f"gave the same scores to all {len(rated)} clips")
+        if reasons:
+            flags[rater] = reasons
+    return dict(sorted(flags.items()))
+
+
+def summarize(folder: Path, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+              exclude_flagged: bool = False) -> dict:
+    """Everything the results view shows, as JSON-ready values (see module docstring). Raters failing gold
+    checks are always left out; flagged raters only with exclude_flagged (they are reported either way)."""
     folder = Path(folder)
     manifest = catalog.read_manifest(folder)
     store = RatingStore(folder / catalog.DB)
@@ -61,7 +99,9 @@ def summarize(folder: Path, *, n_boot: int = 2000, seed: int = 0, level: float =
     clips = {c["id"]: c for c in manifest["clips"]}
     gold = gold_check(manifest, ratings)
     excluded = excluded_raters(manifest, gold)
-    kept = [r for r in ratings if r["rater_id"] not in excluded and clips[r["clip_id"]]["system"] is not None]
+    flagged = rater_flags(manifest, ratings)
+    left_out = set(excluded) | (set(flagged) if exclude_flagged else set())
+    kept = [r for r in ratings if r["rater_id"] not in left_out and clips[r["clip_id"]]["system"] is not None]
     systems = [s["name"] for s in manifest["systems"]]
     scales = [{"id": s["id"], "label": s["label"]} for s in manifest["scales"]]
     by = defaultdict(list)  # (system, scale) -> ratings
@@ -84,7 +124,9 @@ def summarize(folder: Path, *, n_boot: int = 2000, seed: int = 0, level: float =
             "pairwise": pairwise(kept, clips, systems, scales, level),
             "raters": {"joined": len(raters), "rated_any": sum(r["n_rated"] > 0 for r in raters),
                        "finished": sum(r["n_rated"] >= n_total for r in raters), "excluded": excluded,
-                       "gold": gold, "gold_tolerance": int(manifest.get("gold_tolerance", 0))},
+                       "gold": gold, "gold_tolerance": int(manifest.get("gold_tolerance", 0)), "flagged": flagged,
+                       "exclude_flagged": bool(exclude_flagged), "counted": len({r["rater_id"] for r in kept}),
+                       "max_raters": manifest.get("max_raters")},
             "n_ratings": len(ratings), "n_ratings_kept": len(kept), "open": store.is_open(),
             "computed": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -174,8 +216,24 @@ def markdown(summary: dict, ci: str = "t") -> str:
     n = summary["raters"]
     lines.append("")
     lines.append(f"MOS ± {int(summary['level'] * 100)}% CI ({kind}); {summary['n_ratings_kept']} ratings from "
-                 f"{n['rated_any'] - len(n['excluded'])} raters ({len(n['excluded'])} excluded by gold checks).")
-    return "\n".join(lines) + "\n"
+                 f"{n['counted']} rater{'' if n['counted'] == 1 else 's'} ({len(n['excluded'])} excluded by gold "
+                 f"checks; {flag_note(summary)}).")
+    return "\n".join(lines) + "\n" + flagged_list(summary)
+
+
+def flag_note(summary: dict) -> str:
+    """'2 flagged as suspicious, still counted' (or 'left out')."""
+    n = summary["raters"]
+    return f"{len(n['flagged'])} flagged as suspicious, {'left out' if n['exclude_flagged'] else 'still counted'}"
+
+
+def flagged_list(summary: dict) -> str:
+    """Markdown list of flagged raters with their reasons ('' when none)."""
+    flagged = summary["raters"]["flagged"]
+    if not flagged:
+        return ""
+    items = [f"- `{rater}`: {'; '.join(reasons)}" for rater, reasons in flagged.items()]
+    return "\nFlagged raters:\n\n" + "\n".join(items) + "\n"
 
 
 def _csv(headers: list[str], rows: list[list]) -> str:
@@ -187,18 +245,22 @@ def _csv(headers: list[str], rows: list[list]) -> str:
 
 
 RATINGS_CSV_HEADERS = ["rater_id", "clip_id", "system", "clip_kind", "scale", "score", "created_utc",
-                       "decision_s", "listen_s", "n_plays", "gold_rule", "gold_passed", "rater_excluded"]
+                       "decision_s", "listen_s", "n_plays", "gold_rule", "gold_passed", "rater_excluded",
+                       "rater_flags"]
 SUMMARY_CSV_HEADERS = ["system", "scale", "n_ratings", "n_raters", "n_clips", "mos", "sd", "t_lo", "t_hi",
                        "t_half", "boot_lo", "boot_hi"]
 
 
-def ratings_csv(folder: Path) -> str:
-    """Every raw rating with its clip's system (teacher only)."""
+def ratings_csv(folder: Path, exclude_flagged: bool = False) -> str:
+    """Every raw rating with its clip's system, whether its rater is left out of the results (gold checks,
+    or flags with exclude_flagged) and the rater's flags (teacher only)."""
     folder = Path(folder)
     manifest = catalog.read_manifest(folder)
     clips = {c["id"]: c for c in manifest["clips"]}
     ratings = RatingStore(folder / catalog.DB).ratings()
-    excluded = set(excluded_raters(manifest, gold_check(manifest, ratings)))
+    flags = rater_flags(manifest, ratings)
+    excluded = set(excluded_raters(manifest, gold_check(manifest, ratings))) | (set(flags) if exclude_flagged
+                                                                                 else set())
     rows = []
     for r in ratings:
         clip = clips[r["clip_id"]]
@@ -208,7 +270,8 @@ def ratings_csv(folder: Path) -> str:
         rows.append([r["rater_id"], r["clip_id"], clip["system"] or "", clip["kind"], r["scale"], r["score"],
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r["created"])), round(r["decision_s"], 3),
                      round(r["listen_s"], 3), r["n_plays"], rule_text,
-                     "" if not applies else int(gold_passed(rule, r["score"])), int(r["rater_id"] in excluded)])
+                     "" if not applies else int(gold_passed(rule, r["score"])), int(r["rater_id"] in excluded),
+                     "; ".join(flags.get(r["rater_id"], []))])
     return _csv(RATINGS_CSV_HEADERS, rows)
 
 
@@ -222,9 +285,30 @@ def export(folder: Path, summary: dict, out: Path | None = None) -> tuple[Path, 
     out = Path(out) if out is not None else Path(folder) / catalog.EXPORTS
     out.mkdir(parents=True, exist_ok=True)
     raw, summ = out / "ratings.csv", out / "summary.csv"
-    raw.write_text(ratings_csv(folder))
+    raw.write_text(ratings_csv(folder, summary["raters"]["exclude_flagged"]))
     summ.write_text(summary_csv(summary))
     return raw, summ
+
+
+def export_folder(base: Path, test_id: str, max_age_s: float = EXPORT_MAX_AGE_S) -> Path:
+    """A new folder base/<test_id>-<random> for one export, after deleting what base holds that is older
+    than max_age_s (by modification time): exports are downloaded right away, so they need not pile up."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - max_age_s
+    for old in base.iterdir():
+        try:
+            if old.lstat().st_mtime >= cutoff:
+                continue
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        except OSError:  # another thread removed it first
+            continue
+    out = base / f"{test_id}-{secrets.token_hex(4)}"
+    out.mkdir()
+    return out
 
 
 def figure(summary: dict, ci: str = "bootstrap"):

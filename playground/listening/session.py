@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import numbers
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from playground.listening import catalog
-from playground.listening.config import ListeningError, ListenSettings
+from playground.listening.config import Limits, ListeningError, ListenSettings, echo
 from playground.listening.store import RatingStore
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -100,9 +101,12 @@ def clip_audio(folder: Path, manifest: dict, clip_id: str) -> tuple[int, np.ndar
     return int(sr), audio
 
 
-def join(root: Path, code: str, rater_id: str | None = None, user_agent: str = "") -> Screen:
+def join(root: Path, code: str, rater_id: str | None = None, user_agent: str = "",
+         client_host: str | None = None) -> Screen:
     """Join the test with this code: resume as rater_id when it belongs to this test, else start as a new
-    anonymous rater with a fresh random clip order."""
+    anonymous rater with a fresh random clip order. A new rater is refused (JoinLimitError) when the test
+    has its manifest's max_raters already, or when joins_per_host raters joined from client_host in the
+    last hour; client_host None (in-process callers: CLI, tests) skips the per-address limit."""
     folder, manifest, store = _open(root, code)
     if rater_id and store.rater(rater_id) is not None:
         return _screen(folder, manifest, store, rater_id, "Welcome back: continuing where you left off.")
@@ -110,7 +114,8 @@ def join(root: Path, code: str, rater_id: str | None = None, user_agent: str = "
         raise ListeningError("This test is closed; ask your teacher.")
     rater_id = new_rater_id()
     store.add_rater(rater_id, clip_order(manifest["test_id"], rater_id, [c["id"] for c in manifest["clips"]]),
-                    user_agent)
+                    user_agent, host=client_host, max_raters=int(manifest.get("max_raters", Limits().max_raters)),
+                    per_host=int(manifest.get("joins_per_host", Limits().joins_per_host)))
     return _screen(folder, manifest, store, rater_id)
 
 
@@ -149,14 +154,18 @@ def rate(root: Path, code: str, rater_id: str, clip_id: str, scores: dict | list
     missing = [s["label"] for s in manifest["scales"] if scores.get(s["id"]) in (None, "")]
     if missing:
         raise ListeningError(f"Rate every question first (missing: {', '.join(missing)}).")
-    try:
-        clean = {s["id"]: int(scores[s["id"]]) for s in manifest["scales"]}
-    except (TypeError, ValueError) as exc:
-        raise ListeningError("Scores must be whole numbers from 1 to 5.") from exc
+    clean = {s["id"]: _score(s["label"], scores[s["id"]]) for s in manifest["scales"]}
     clip = next(c for c in manifest["clips"] if c["id"] == clip_id)
     store.add_ratings(rater_id, clip_id, clean, clip_seconds=clip["seconds"],
                       min_listen_s=manifest.get("min_listen_fraction", 0.8) * clip["seconds"])
     return _screen(folder, manifest, store, rater_id)
+
+
+def _score(label: str, value) -> int:
+    """A score as int 1..5; bools (True is not 1 here), floats, strings and anything else are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= 5:
+        raise ListeningError(f"{label}: the score must be a whole number from 1 to 5, got {echo(value)}.")
+    return int(value)
 
 
 def teacher_allowed(settings: ListenSettings, password: str | None, client_host: str | None) -> None:
@@ -168,9 +177,9 @@ def teacher_allowed(settings: ListenSettings, password: str | None, client_host:
             raise ListeningError("Wrong teacher password.")
         return
     if settings.public:
-        raise ListeningError("Teacher tools are off: start the app with --teacher-password (or set "
-                             "SASHIMI_TEACHER_PASSWORD) to build tests and see results.")
+        raise ListeningError("Teacher tools are off: start the app with SASHIMI_TEACHER_PASSWORD set (or "
+                             "--teacher-password-file) to build tests and see results.")
     if client_host not in LOOPBACK:
         raise ListeningError("No teacher password is set, so the teacher tools only work on the computer "
                              "running the app (open it at http://127.0.0.1:<port>). Set one with "
-                             "--teacher-password to use them from elsewhere.")
+                             "SASHIMI_TEACHER_PASSWORD to use them from elsewhere.")

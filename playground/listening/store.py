@@ -2,10 +2,16 @@
 
 Tables:
     meta     (key PRIMARY KEY, value)                     e.g. open = "1" / "0"
-    raters   (rater_id PRIMARY KEY, created, clip_order JSON list of clip ids, user_agent)
+    raters   (rater_id PRIMARY KEY, created, clip_order JSON list of clip ids, user_agent, host_hash)
     plays    (rater_id, clip_id, event play|pause|stop, t)  the audio player's events, server time
     ratings  (rater_id, clip_id, scale, score 1-5, created, first_play, decision_s, listen_s, n_plays,
               UNIQUE (rater_id, clip_id, scale))        a clip is rated at most once per scale, by SQL
+
+Join limits: :meth:`RatingStore.add_rater` counts raters (the test's maximum) and raters added from the
+same client address in the last hour (a per-address maximum) in the transaction that inserts, so
+concurrent joins cannot overshoot. The address is kept only as host_hash, an HMAC-SHA256 keyed with a
+random per-file salt (meta "host_salt"): equal addresses match, the address itself is not stored. Files
+made before host_hash existed get the column on their first join.
 
 Concurrency: each thread keeps its own connection per file (never shared between threads), with
 ``busy_timeout`` set, and every call runs one short transaction; writes start with ``BEGIN IMMEDIATE`` so two
@@ -16,7 +22,10 @@ an extra fsync per rating (measured here: 69 -> 5 ms per play + rate).
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -24,9 +33,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from playground.listening.config import ListeningError
+from playground.listening.config import ListeningError, echo
 
 BUSY_TIMEOUT_MS = 30_000
+HOST_WINDOW_S = 3600.0  # the per-address join limit counts joins in this window
 _LOCAL = threading.local()  # per-thread {database path: connection}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,7 +44,8 @@ CREATE TABLE IF NOT EXISTS raters (
     rater_id TEXT PRIMARY KEY,
     created REAL NOT NULL,
     clip_order TEXT NOT NULL,
-    user_agent TEXT NOT NULL DEFAULT ''
+    user_agent TEXT NOT NULL DEFAULT '',
+    host_hash TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS plays (
     id INTEGER PRIMARY KEY,
@@ -70,6 +81,10 @@ class AlreadyRatedError(ListeningError):
     """A second rating of the same clip by the same rater (the UNIQUE constraint fired)."""
 
 
+class JoinLimitError(ListeningError):
+    """A new rater over the test's rater limit or its per-address join limit."""
+
+
 class RatingStore:
     """The SQLite file of one test. Cheap to create; holds no connection between calls."""
 
@@ -101,6 +116,7 @@ class RatingStore:
             if mode.lower() != "wal":
                 raise ListeningError(f"SQLite refused WAL mode for {self.path} (got {mode}).")
             conn.executescript(SCHEMA)
+            _add_host_column(conn)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('open', '1')")
         return self
 
@@ -115,13 +131,30 @@ class RatingStore:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('open', ?)", ("1" if is_open else "0",))
 
     # ----------------------------------------------------------------------------------------- raters
-    def add_rater(self, rater_id: str, clip_order: Sequence[str], user_agent: str = "", now: float | None = None):
-        """Register a rater with their clip order. Re-adding an existing rater is an error."""
+    def add_rater(self, rater_id: str, clip_order: Sequence[str], user_agent: str = "", now: float | None = None,
+                  *, host: str | None = None, max_raters: int = 0, per_host: int = 0) -> None:
+        """Register a rater with their clip order. Re-adding an existing rater is an error.
+
+        Refused (JoinLimitError) when the test has max_raters raters already (0: no limit), or when
+        per_host raters joined from the same client address `host` in the last HOST_WINDOW_S seconds
+        (0 or host None: no per-address limit)."""
+        t = time.time() if now is None else now
         try:
             with self.write() as conn:
-                conn.execute("INSERT INTO raters (rater_id, created, clip_order, user_agent) VALUES (?, ?, ?, ?)",
-                             (rater_id, time.time() if now is None else now, json.dumps(list(clip_order)),
-                              user_agent[:300]))
+                _add_host_column(conn)
+                host_hash = "" if host is None else _host_hash(conn, host)
+                if max_raters and conn.execute("SELECT COUNT(*) FROM raters").fetchone()[0] >= max_raters:
+                    raise JoinLimitError(f"This test is full: it takes {max_raters} raters and all places are "
+                                         "taken. Ask your teacher.")
+                if per_host and host is not None and conn.execute(
+                        "SELECT COUNT(*) FROM raters WHERE host_hash = ? AND created > ?",
+                        (host_hash, t - HOST_WINDOW_S)).fetchone()[0] >= per_host:
+                    raise JoinLimitError(f"{per_host} people have joined this test from your network address in "
+                                         "the last hour, the most allowed. If you joined before, continue in the "
+                                         "same browser; otherwise ask your teacher.")
+                conn.execute("INSERT INTO raters (rater_id, created, clip_order, user_agent, host_hash) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (rater_id, t, json.dumps(list(clip_order)), user_agent[:300], host_hash))
         except sqlite3.IntegrityError as exc:
             raise ListeningError("This rater id exists already.") from exc
 
@@ -149,7 +182,7 @@ class RatingStore:
     def record_play(self, rater_id: str, clip_id: str, event: str = "play", now: float | None = None) -> float:
         """Record a player event (play/pause/stop) at server time; returns that time."""
         if event not in ("play", "pause", "stop"):
-            raise ListeningError(f"Unknown player event {event!r}.")
+            raise ListeningError(f"Unknown player event {echo(event)}.")
         t = time.time() if now is None else now
         with self.write() as conn:
             conn.execute("INSERT INTO plays (rater_id, clip_id, event, t) VALUES (?, ?, ?, ?)",
@@ -169,7 +202,7 @@ class RatingStore:
             raise ListeningError("No scores given.")
         for scale, score in scores.items():
             if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 5:
-                raise ListeningError(f"Score for {scale!r} must be a whole number from 1 to 5, got {score!r}.")
+                raise ListeningError(f"Score for {echo(scale)} must be a whole number from 1 to 5, got {echo(score)}.")
         t = time.time() if now is None else now
         try:
             with self.write() as conn:
@@ -219,6 +252,21 @@ def _thread_connection(path: Path) -> sqlite3.Connection:
         conn.row_factory = sqlite3.Row
         conns[key] = conn
     return conn
+
+
+def _add_host_column(conn: sqlite3.Connection) -> None:
+    """Give raters its host_hash column and index when the file predates them (idempotent)."""
+    if "host_hash" not in {row[1] for row in conn.execute("PRAGMA table_info(raters)")}:
+        conn.execute("ALTER TABLE raters ADD COLUMN host_hash TEXT NOT NULL DEFAULT ''")
+    conn.execute("CREATE INDEX IF NOT EXISTS raters_by_host ON raters (host_hash, created)")
+
+
+def _host_hash(conn: sqlite3.Connection, host: str) -> str:
+    """HMAC-SHA256 of a client address keyed with this file's salt (created on first use): 32 hex digits.
+    Runs inside a write transaction."""
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('host_salt', ?)", (secrets.token_hex(16),))
+    salt = conn.execute("SELECT value FROM meta WHERE key = 'host_salt'").fetchone()[0]
+    return hmac.new(salt.encode(), str(host).encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def close_thread_connections() -> None:
