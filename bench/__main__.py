@@ -13,6 +13,7 @@ COMMANDS = {  # command -> (module, one-line help)
     "generate": ("bench.generate", "generation speed: the fast step engine vs the plain torch step loop"),
     "train": ("bench.train", "training throughput and peak memory of one optimiser step"),
     "table": ("bench.table", "paper table: every system trained for one wall-clock budget, then scored"),
+    "quality": ("bench.quality", "quality report of a model: proxies of generated vs real clips, test NLL"),
 }
 
 
