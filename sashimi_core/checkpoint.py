@@ -9,17 +9,21 @@
     <dir>/README.md          model card (YAML front matter + intended use, data, metrics, limitations)
 
 Writes are atomic (temp file in the same folder + os.replace), so a killed process never leaves a half
-checkpoint. ``load_model`` reads only safetensors: pickles (``.pt``/``.bin``/``.ckpt`` or a pickle written
-under the safetensors name) are refused with an explanation. The shipped models live in ``checkpoints/``;
-user runs in ``runs/`` (env ``SASHIMI_RUNS``).
+checkpoint; temp files a kill left behind (``.<name>.*.tmp``) are removed by the next ``save_model``. Configs
+are checked against types and size bounds (``validate_config``) before any model is built. ``load_model`` reads
+only safetensors: pickles (``.pt``/``.bin``/``.ckpt`` or a pickle written under the safetensors name) are refused
+with an explanation. The shipped models live in ``checkpoints/``; user runs in ``runs/`` (env ``SASHIMI_RUNS``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import math
 import os
 import tempfile
+import types
+import typing
 from pathlib import Path
 
 import torch
@@ -31,6 +35,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 _ARCHITECTURES: dict[str, tuple[type, type]] = {}
+
+# Bounds every architecture shares (each config class adds its own in LIMITS and size_limits()).
+MAX_PARAMETERS = 64_000_000  # largest preset: samplernn-2tier, 51.85M
+COMMON_LIMITS = {"n_tokens": (2, 65536), "sample_rate": (1000, 192000), "quantization": ("mu-law", "linear")}
 
 
 def non_finite(named_tensors) -> list[str]:
@@ -102,6 +110,7 @@ def save_model(model: torch.nn.Module, directory, card: str | None = None, **met
     under config.json["metadata"]. Returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(directory)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".tmp")
@@ -119,6 +128,13 @@ def save_model(model: torch.nn.Module, directory, card: str | None = None, **met
     if card is not None or not (directory / CARD_FILE).exists():
         atomic_write_bytes(directory / CARD_FILE, (card or default_card(config, directory.name)).encode())
     return directory
+
+
+def remove_temp_files(directory: Path) -> None:
+    """Delete the temp files (``.<name>.*.tmp``) that atomic writes killed half-way left in directory."""
+    for path in Path(directory).glob(".*.tmp"):
+        if not path.is_dir():
+            path.unlink(missing_ok=True)
 
 
 def default_card(config: dict, name: str) -> str:
@@ -149,7 +165,7 @@ def read_config(directory) -> dict:
         raise ValueError(f"{directory} is not a checkpoint: {CONFIG_FILE} is missing{hint}")
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); the checkpoint is corrupted") from exc
     if not isinstance(config, dict) or "config" not in config or "architecture" not in config:
         raise ValueError(f"{path} lacks 'architecture'/'config': not a sashimi_core checkpoint")
@@ -184,22 +200,102 @@ def check_safetensors_file(path: Path) -> None:
         raise ValueError(f"{path} is not a safetensors file (bad header); the checkpoint is corrupted")
 
 
-def build_model(architecture: str, fields: dict, source: str = "config"):
-    """Instantiate a model from an architecture name and config fields (unknown keys warn, missing default)."""
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_type(hint) -> tuple[type | None, type | None, bool]:
+    """(base type, tuple item type, None allowed) of a field's type hint: int | None -> (int, None, True)."""
+    args = typing.get_args(hint)
+    nullable = type(None) in args
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        hint = next(a for a in args if a is not type(None))
+    base = typing.get_origin(hint) or hint
+    item = typing.get_args(hint)[0] if base is tuple and typing.get_args(hint) else None
+    return (base if isinstance(base, type) else None), item, nullable
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string", tuple: "a list"}
+
+
+def _check_type(name: str, value, hint, source: str):
+    """value checked against the field's type hint (lists become tuples, ints become floats where floats go)."""
+    base, item, nullable = _field_type(hint)
+    if value is None and nullable or base not in _TYPE_NAMES:
+        return value
+    if base in (int, bool, str) and isinstance(value, base) and (base is not int or _is_int(value)):
+        return value
+    if base is float and (isinstance(value, float) and math.isfinite(value) or _is_int(value) and abs(value) < 2**53):
+        return float(value)
+    if base is tuple and isinstance(value, list | tuple) and (item is not int or all(map(_is_int, value))):
+        return tuple(value)
+    what = "a list of integers" if item is int else _TYPE_NAMES[base]
+    raise ValueError(f"{source}: {name} must be {what}{' or null' if nullable else ''}, got {_short(value)} "
+                     f"({type(value).__name__})")
+
+
+def _check_limit(name: str, value, limit, source: str) -> None:
+    """Raise ValueError unless value is within limit: (min, max[, max length]) or a tuple of allowed values."""
+    if limit is None or value is None and None not in limit:
+        return
+    if not all(_is_int(x) or isinstance(x, float) for x in limit):  # allowed values
+        if value not in limit:
+            raise ValueError(f"{source}: {name} must be one of {list(limit)}, got {_short(value)}")
+        return
+    lo, hi = limit[:2]
+    items = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and len(limit) > 2 and len(value) > limit[2]:
+        raise ValueError(f"{source}: {name} has {len(value)} items, at most {limit[2]} are allowed")
+    for x in items:
+        if not lo <= x <= hi:
+            raise ValueError(f"{source}: {name} = {_short(value)} is out of bounds: allowed {lo}..{hi}"
+                             + (" for each item" if isinstance(value, tuple) else ""))
+
+
+def validate_config(architecture, fields, source: str = "config"):
+    """The config object for an architecture name and JSON config fields, checked before anything is built.
+
+    Each field's type (from the config class's annotations), its bounds (COMMON_LIMITS and the class's LIMITS), the
+    parameter count (config.n_parameters(), at most MAX_PARAMETERS) and the class's size_limits() are checked;
+    a violation raises ValueError naming the field, its value and the bound. Unknown keys warn, missing ones default."""
     archs = _architectures()
-    if architecture not in archs:
-        raise ValueError(f"unknown architecture {architecture!r} in {source}; known: {sorted(archs)}")
-    config_cls, model_cls = archs[architecture]
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(fields) - names)
+    if not isinstance(architecture, str) or architecture not in archs:
+        raise ValueError(f"unknown architecture {_short(architecture)} in {source}; known: {sorted(archs)}")
+    if not isinstance(fields, dict):
+        raise ValueError(f"{source}: the model config must be a JSON object, got {type(fields).__name__}")
+    config_cls = archs[architecture][0]
+    hints = typing.get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls)} - {"architecture"}
+    unknown = sorted(map(str, set(fields) - names - {"architecture"}))
     if unknown:
         log.warning("%s: ignoring unknown config keys %s", source, unknown)
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items() if k in names}
+    limits = {**COMMON_LIMITS, **getattr(config_cls, "LIMITS", {})}
+    kwargs = {}
+    for name in sorted(names & set(fields)):
+        kwargs[name] = _check_type(name, fields[name], hints[name], source)
+        _check_limit(name, kwargs[name], limits.get(name), source)
     try:
         cfg = config_cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: invalid model config: {exc}") from exc
-    return model_cls(cfg)
+    sizes = list(cfg.size_limits()) if hasattr(cfg, "size_limits") else []
+    if hasattr(cfg, "n_parameters"):
+        sizes.insert(0, ("parameters", cfg.n_parameters(), MAX_PARAMETERS))
+    for what, value, bound in sizes:
+        if value > bound:
+            raise ValueError(f"{source}: the model's {what} = {value:,} exceeds the maximum {bound:,}")
+    return cfg
+
+
+def build_model(architecture: str, fields: dict, source: str = "config"):
+    """Instantiate a model from an architecture name and config fields, validated first (validate_config)."""
+    cfg = validate_config(architecture, fields, source)
+    return _architectures()[architecture][1](cfg)
 
 
 def load_model(directory, map_location: str | torch.device = "cpu") -> torch.nn.Module:
@@ -208,8 +304,9 @@ def load_model(directory, map_location: str | torch.device = "cpu") -> torch.nn.
     The returned model has ``.checkpoint`` = {"path", "metadata", "n_parameters"} attached."""
     directory = Path(directory)
     config = read_config(directory)
+    cfg = validate_config(config["architecture"], config["config"], str(directory / CONFIG_FILE))
     weights = _weights_path(directory, config)
-    model = build_model(config["architecture"], config["config"], str(directory / CONFIG_FILE))
+    model = _architectures()[config["architecture"]][1](cfg)
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -239,9 +336,9 @@ def runs_dir() -> Path:
 def list_checkpoints(roots=None) -> list[dict]:
     """Generative-model checkpoints under the given roots (default: shipped ``checkpoints/`` and the runs folder).
 
-    Each entry: {"name", "path", "shipped", "architecture", "config", "metadata", "n_parameters"}.
-    Folders with an unreadable config are skipped with a warning. A run folder's checkpoint may sit in a
-    ``checkpoint/`` sub-folder (see train.py)."""
+    Each entry: {"name", "path", "shipped", "architecture", "config", "metadata", "n_parameters"}, its config
+    validated (validate_config) and its metadata a dict. Malformed folders are skipped with a warning, so one
+    bad run never hides the others. A run folder's checkpoint may sit in a ``checkpoint/`` sub-folder (train.py)."""
     if roots is None:
         shipped = Path(__file__).resolve().parent.parent / "checkpoints"
         roots = [(shipped, True), (runs_dir(), False)]
@@ -251,18 +348,31 @@ def list_checkpoints(roots=None) -> list[dict]:
         if not root.is_dir():
             continue
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            for cand in (folder, folder / "checkpoint"):
-                if (cand / CONFIG_FILE).is_file():
-                    try:
-                        cfg = read_config(cand)
-                    except ValueError as exc:
-                        log.warning("skipping %s: %s", cand, exc)
-                        break
-                    arch = _architectures().get(cfg["architecture"])
-                    if arch is None or not hasattr(arch[1], "start"):  # not generative (e.g. the classifier)
-                        break
-                    out.append({"name": folder.name, "path": str(cand), "shipped": shipped,
-                                "architecture": cfg["architecture"], "config": cfg["config"],
-                                "metadata": cfg.get("metadata", {}), "n_parameters": cfg.get("n_parameters")})
-                    break
+            cand = next((c for c in (folder, folder / "checkpoint") if (c / CONFIG_FILE).is_file()), None)
+            if cand is None:
+                continue
+            try:
+                entry = _list_entry(cand)
+            except (ValueError, OSError) as exc:
+                log.warning("skipping %s: %s", cand, exc)
+                continue
+            if entry is not None:
+                out.append({"name": folder.name, "path": str(cand), "shipped": shipped, **entry})
     return out
+
+
+def _list_entry(folder: Path) -> dict | None:
+    """list_checkpoints' fields for one checkpoint folder; None if it is not generative (e.g. the classifier).
+    Raises ValueError if config.json is malformed."""
+    config = read_config(folder)
+    source, arch = str(folder / CONFIG_FILE), config["architecture"]
+    known = _architectures()
+    if isinstance(arch, str) and arch in known and not hasattr(known[arch][1], "start"):
+        return None
+    validate_config(arch, config["config"], source)
+    metadata, n_parameters = config.get("metadata") or {}, config.get("n_parameters")
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{source}: metadata must be a JSON object, got {type(metadata).__name__}")
+    if n_parameters is not None and not (_is_int(n_parameters) and n_parameters >= 0):
+        raise ValueError(f"{source}: n_parameters must be a non-negative integer, got {_short(n_parameters)}")
+    return {"architecture": arch, "config": config["config"], "metadata": metadata, "n_parameters": n_parameters}

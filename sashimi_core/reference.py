@@ -13,13 +13,19 @@ The reference's state_dict names map one to one onto our modules (we kept its mo
     everything else                                   same name, same shape
 
 Complex tensors are real views (last dim 2) on both sides. ``n_ssm`` and ``final_act`` are inferred from the
-tensors when the config does not give them; every tensor's shape is checked before anything is copied.
+tensors when the config does not give them; every tensor's shape is checked before anything is copied. The config
+is checked against the size bounds of ``checkpoint.validate_config`` before the backbone is built.
 """
 from __future__ import annotations
 
 import torch
 
+from sashimi_core.checkpoint import validate_config
 from sashimi_core.sashimi import Backbone, SaShiMiConfig
+
+# The reference Sashimi's defaults for the config keys we map (our SaShiMiConfig has the same ones).
+_REFERENCE_DEFAULTS = {"d_model": 64, "n_layers": 8, "pool": (4, 4), "expand": 2, "ff": 2, "unet": False,
+                       "dropout": 0.0, "d_state": 64}
 
 _RENAMES = (
     (".layer.layer.kernel.inv_dt", ".layer.kernel.log_dt"),
@@ -46,7 +52,9 @@ def _convert(key: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def config_from_reference(ref_config: dict, state_dict: dict) -> SaShiMiConfig:
-    """Our SaShiMiConfig for a reference ``Sashimi(**ref_config)`` with these weights."""
+    """Our SaShiMiConfig for a reference ``Sashimi(**ref_config)`` with these weights (validated, nothing built)."""
+    if not isinstance(ref_config, dict):
+        raise ValueError(f"the reference config must be a JSON object, got {type(ref_config).__name__}")
     allowed = {"d_model", "n_layers", "pool", "expand", "ff", "unet", "dropout", "d_state", "n_ssm",
                "final_act", "bidirectional", "mode", "l_max"}
     unknown = set(ref_config) - allowed
@@ -59,21 +67,17 @@ def config_from_reference(ref_config: dict, state_dict: dict) -> SaShiMiConfig:
     lin_key = next((k for k in sd if k.endswith(".output_linear.0.weight")), None)
     if b_key is None:
         raise ValueError("state_dict has no S4 kernel tensors (*.kernel.B): is this a reference Sashimi?")
-    s = sd[b_key].shape[-3]
-    H = sd[b_key.replace("kernel.B", "kernel.C")].shape[-3]
+    try:
+        s = sd[b_key].shape[-3]
+        H = sd[b_key.replace("kernel.B", "kernel.C")].shape[-3]
+        w = sd[lin_key].shape if lin_key is not None else None
+        inferred_act = None if w is None else "glu" if w[0] == 2 * w[1] else "id"
+    except (KeyError, IndexError) as exc:
+        raise ValueError(f"the reference S4 tensors are incomplete or misshapen ({exc!r})") from exc
     n_ssm = ref_config.get("n_ssm", None if s == H and H > 1 else s)
-    if "final_act" in ref_config:
-        final_act = ref_config["final_act"]
-    elif lin_key is None:
-        final_act = None
-    else:
-        w = sd[lin_key]
-        final_act = "glu" if w.shape[0] == 2 * w.shape[1] else "id"
-    return SaShiMiConfig(
-        d_model=ref_config.get("d_model", 64), n_layers=ref_config.get("n_layers", 8),
-        pool=tuple(ref_config.get("pool", (4, 4))), expand=ref_config.get("expand", 2),
-        ff=ref_config.get("ff", 2), unet=ref_config.get("unet", False), dropout=ref_config.get("dropout", 0.0),
-        d_state=ref_config.get("d_state", 64), n_ssm=n_ssm, final_act=final_act)
+    final_act = ref_config.get("final_act", inferred_act)
+    fields = {**_REFERENCE_DEFAULTS, **{k: v for k, v in ref_config.items() if k in _REFERENCE_DEFAULTS}}
+    return validate_config("sashimi", {**fields, "n_ssm": n_ssm, "final_act": final_act}, "reference config")
 
 
 def backbone_from_reference(ref_config: dict, state_dict: dict) -> Backbone:

@@ -1,10 +1,14 @@
 """Run-folder state for the trainer: metrics.jsonl writer and the pickle-free resume state.
 
     state/  model.safetensors, optimizer.safetensors (AdamW tensors "state.<param index>.<key>" + RNG byte
-            tensors), state.json (step, data position, schedule, python/numpy RNG, ...), complete.json (marker)
+            tensors), state.json (step, data position, schedule, python/numpy RNG, ...), complete.json (marker:
+            {"step", "files": {name: size in bytes}}, written last)
 
-`save_state` writes state.tmp/ and swaps it in, so a kill at any moment leaves one complete state; `find_state`
-picks the newest complete one. Nothing is pickled: tensors go to safetensors, everything else to JSON.
+Crash safety: `save_state` writes state.tmp/, marker last, then renames state -> state.old and state.tmp -> state.
+A folder is deleted marker first, so a half-deleted folder never looks complete. A folder counts only if its marker
+is there and every file it lists has the recorded size (`state_step`), so at every instant of a save at least
+one complete state exists, and `find_state` picks the newest of them. Nothing is pickled: tensors go to
+safetensors, everything else to JSON.
 """
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from sashimi_core.checkpoint import atomic_write_bytes, atomic_write_json
+from sashimi_core.checkpoint import atomic_write_bytes, atomic_write_json, check_safetensors_file
 
 log = logging.getLogger(__name__)
+
+MARKER = "complete.json"
+STATE_FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
 
 
 class RunLog:
@@ -56,26 +63,73 @@ class RunLog:
             log.error("could not write status %s: %s", status, exc)
 
 
+def state_step(folder: Path) -> int | None:
+    """The step of the resume state in folder if it is complete, else None.
+
+    Complete: the marker is there, every state file is listed in it (markers without a file list, from older
+    versions, stand for the three state files) and present with the recorded size, and the safetensors headers
+    are sound."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        step, files = marker["step"], marker.get("files") or dict.fromkeys(STATE_FILES)
+        if not isinstance(step, int) or not set(STATE_FILES) <= set(files):
+            return None
+        for name, size in files.items():
+            path = folder / name
+            if Path(name).name != name or not path.is_file() or size not in (None, path.stat().st_size):
+                return None
+            if name.endswith(".safetensors"):
+                check_safetensors_file(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return step
+
+
 def find_state(out: Path) -> Path | None:
     """The newest complete resume state among out/state, out/state.tmp, out/state.old (None if none)."""
     best, best_step = None, -1
     for name in ("state", "state.tmp", "state.old"):
-        try:
-            step = json.loads((out / name / "complete.json").read_text())["step"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if step > best_step:
+        step = state_step(out / name)
+        if step is not None and step > best_step:
             best, best_step = out / name, step
     return best
 
 
+def discard_state(folder: Path) -> None:
+    """Delete a state folder, marker first: a kill half-way leaves a folder that no longer looks complete."""
+    (folder / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def discard_partial_state(out: Path) -> None:
+    """Delete out/state.tmp unless it holds the newest complete state (e.g. after a write failed half-way)."""
+    if find_state(out) != out / "state.tmp":
+        discard_state(out / "state.tmp")
+
+
 def save_state(out: Path, model, opt, run: dict) -> None:
-    """Write the resume state to out/state.tmp, then swap it in: a kill at any point leaves one complete state."""
+    """Write the resume state to out/state.tmp, then swap it in. Each step below leaves at least one complete
+    state (state, state.tmp or state.old), so a kill at any point, even a second one, loses at most this save."""
     tmp, cur, old = out / "state.tmp", out / "state", out / "state.old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if find_state(out) == tmp:  # a kill left the newest state in state.tmp: make it the current one first
+        discard_state(cur)
+        os.replace(tmp, cur)
+    discard_state(tmp)
     tmp.mkdir(parents=True)
-    atomic_write_bytes(tmp / "model.safetensors", save({k: v.detach().cpu().contiguous().clone()
-                                                        for k, v in model.state_dict().items()}))
+    _write_state_files(tmp, model, opt, run)
+    files = {name: (tmp / name).stat().st_size for name in STATE_FILES}
+    atomic_write_json(tmp / MARKER, {"step": run["step"], "files": files})
+    if cur.exists():
+        discard_state(old)  # state.tmp is complete now
+        os.replace(cur, old)
+    os.replace(tmp, cur)
+    discard_state(old)
+
+
+def _write_state_files(folder: Path, model, opt, run: dict) -> None:
+    """model.safetensors, optimizer.safetensors (with the RNG states) and state.json into folder."""
+    atomic_write_bytes(folder / "model.safetensors", save({k: v.detach().cpu().contiguous().clone()
+                                                           for k, v in model.state_dict().items()}))
     sd = opt.state_dict()
     tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous().clone()
                for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
@@ -83,7 +137,7 @@ def save_state(out: Path, model, opt, run: dict) -> None:
     if torch.cuda.is_available():
         for d, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.torch_cuda.{d}"] = s
-    atomic_write_bytes(tmp / "optimizer.safetensors", save(tensors))
+    atomic_write_bytes(folder / "optimizer.safetensors", save(tensors))
     np_state = np.random.get_state()
     py_state = random.getstate()
     state = dict(run, param_groups=sd["param_groups"],
@@ -91,13 +145,7 @@ def save_state(out: Path, model, opt, run: dict) -> None:
                           if not torch.is_tensor(v)},
                  rng={"numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
                       "python": [py_state[0], list(py_state[1]), py_state[2]]})
-    atomic_write_json(tmp / "state.json", state)
-    atomic_write_json(tmp / "complete.json", {"step": run["step"]})
-    if cur.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(cur, old)
-    os.replace(tmp, cur)
-    shutil.rmtree(old, ignore_errors=True)
+    atomic_write_json(folder / "state.json", state)
 
 
 def load_state(folder: Path, model, opt) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -18,6 +19,19 @@ import torch.utils.checkpoint
 
 from sashimi_core.quantize import ZERO_TOKEN
 from sashimi_core.s4 import S4Block
+
+# Bounds on configs built from untrusted JSON (checkpoint.validate_config checks them before anything is built).
+# Generous for the presets and paper-sized models. HiPPO setup costs O(d_state^3) per S4 layer (~50 ms at
+# d_state 256 on one core), so MAX_S4_SETUP keeps the largest allowed build to seconds.
+MAX_D_MODEL = 1024  # width at full resolution (presets: 16..358)
+MAX_D_STATE = 256  # N (presets: 64)
+MAX_LAYERS = 64  # n_layers: (S4, FF) pairs per stage (presets: 2..8)
+MAX_S4_LAYERS = 64  # S4 layers in the whole model, over all stages (presets: 4..24)
+MAX_S4_SETUP = 32 * 256**3  # S4 layers x d_state^3: e.g. sashimi-8 (24 layers) at d_state 256, 64 layers at 200
+MAX_TIERS = 4  # len(pool) (presets: 0 or 2)
+MAX_POOL = 16  # each pool factor (presets: 4)
+MAX_EXPAND = 4  # width multiplier per tier (presets: 2)
+MAX_FF = 8  # FF expansion (presets: 2)
 
 
 @dataclass(frozen=True)
@@ -40,15 +54,24 @@ class SaShiMiConfig:
     sample_rate: int = 16000
     architecture: str = field(default="sashimi", repr=False)
 
+    # field -> (min, max) inclusive (for a tuple: of each item, then its max length), or the allowed values
+    LIMITS: ClassVar[dict] = {
+        "d_model": (2, MAX_D_MODEL), "n_layers": (1, MAX_LAYERS), "pool": (1, MAX_POOL, MAX_TIERS),
+        "expand": (1, MAX_EXPAND), "ff": (0, MAX_FF), "final_act": ("glu", "id", None), "n_ssm": (1, MAX_D_MODEL),
+        "d_state": (2, MAX_D_STATE), "dropout": (0.0, 1.0), "mode": ("nplr", "diag"), "dt_min": (1e-7, 10.0),
+        "dt_max": (1e-7, 10.0)}
+
     def __post_init__(self):
         object.__setattr__(self, "pool", tuple(int(p) for p in self.pool))
         if self.d_model % 2 or self.d_model <= 0:
             raise ValueError(f"d_model must be a positive even number, got {self.d_model}")
-        h = self.d_model
+        if self.d_state % 2 or self.d_state <= 0:
+            raise ValueError(f"d_state must be a positive even number, got {self.d_state}")
         for p in self.pool:
             if p < 1:
                 raise ValueError(f"pool factors must be >= 1, got {self.pool}")
-            h *= self.expand
+        if self.n_ssm is not None and (self.n_ssm < 1 or any(h % self.n_ssm for h in self.widths)):
+            raise ValueError(f"n_ssm={self.n_ssm} must divide the width of every tier {self.widths}")
         if self.quantization not in ("mu-law", "linear"):
             raise ValueError(f"quantization must be 'mu-law' or 'linear', got {self.quantization!r}")
 
@@ -56,6 +79,38 @@ class SaShiMiConfig:
     def hop(self) -> int:
         """Product of pool factors: inputs must be a multiple of it (forward pads otherwise)."""
         return math.prod(self.pool)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Width of each tier, full resolution first."""
+        return tuple(self.d_model * self.expand**i for i in range(len(self.pool) + 1))
+
+    def n_s4_layers(self) -> int:
+        """S4 layers in the model: n_layers per stage (centre, each up tier, each down tier if unet)."""
+        return self.n_layers * (1 + len(self.pool) * (2 if self.unet else 1))
+
+    def n_parameters(self) -> int:
+        """Parameters of SaShiMi(self), computed without building it."""
+        def pairs(h):
+            n2, s = self.d_state // 2, h if self.n_ssm is None else self.n_ssm
+            kernel = h + s * n2 * (2 + 2 + (2 if self.mode == "nplr" else 0)) + h * n2 * 2  # dt, A, B, P, C
+            out = {"glu": 2 * h * h + 2 * h, "id": h * h + h, None: 0}[self.final_act]
+            s4 = kernel + h + out + 2 * h  # + D, output linear, LayerNorm
+            ff = 2 * self.ff * h * h + self.ff * h + h + 2 * h if self.ff > 0 else 0
+            return self.n_layers * (s4 + ff)
+
+        widths, n = self.widths, 0
+        for p, h in zip(self.pool, widths, strict=False):
+            n += pairs(h) * (2 if self.unet else 1)
+            n += h * p * h * self.expand + h * self.expand  # DownPool
+            n += h * self.expand * h * p + h * p  # UpPool
+        n += pairs(widths[-1]) + 2 * self.d_model  # centre, final LayerNorm
+        return n + 2 * self.n_tokens * self.d_model + self.n_tokens  # embedding, head
+
+    def size_limits(self) -> list[tuple[str, int, int]]:
+        """(quantity, value, maximum) for derived sizes checked before building (see checkpoint.validate_config)."""
+        return [("S4 layers (n_layers x stages)", self.n_s4_layers(), MAX_S4_LAYERS),
+                ("HiPPO setup work (S4 layers x d_state^3)", self.n_s4_layers() * self.d_state**3, MAX_S4_SETUP)]
 
 
 PRESETS: dict[str, SaShiMiConfig] = {

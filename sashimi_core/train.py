@@ -41,7 +41,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import signal
 import sys
 import time
@@ -53,9 +52,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from sashimi_core.checkpoint import atomic_write_json, build_model, save_model
+from sashimi_core.checkpoint import atomic_write_json, build_model, save_model, validate_config
 from sashimi_core.evaluate import evaluate
-from sashimi_core.run_state import RunLog, find_state, load_state, save_state
+from sashimi_core.run_state import RunLog, discard_partial_state, find_state, load_state, save_state
 
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
@@ -130,13 +129,14 @@ def coerce_override(text, current):
             value = [int(v) for v in value.strip("()[] ").split(",") if v.strip()]
     if isinstance(current, tuple) and isinstance(value, list | int):
         value = tuple(value) if isinstance(value, list) else (value,)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+        value = float(value)  # larger ints stay ints, for validate_config to refuse
     return value
 
 
 def model_fields(cfg: TrainConfig) -> tuple[str, dict]:
-    """(architecture, model config fields): the preset, then overrides, then --quantization."""
+    """(architecture, model config fields): the preset, then overrides, then --quantization; validated (types and
+    size bounds, checkpoint.validate_config) before any data is read or model built."""
     presets = {k: v for k, v in all_presets().items() if cfg.architecture in (None, v.architecture)}
     if not presets:
         raise ValueError(f"unknown architecture {cfg.architecture!r}; known: sashimi, wavenet, samplernn")
@@ -152,6 +152,7 @@ def model_fields(cfg: TrainConfig) -> tuple[str, dict]:
         fields[key] = coerce_override(text, fields[key])
     if cfg.quantization is not None:
         fields["quantization"] = cfg.quantization
+    validate_config(architecture, fields, f"--preset {cfg.preset}")
     return architecture, fields
 
 
@@ -486,8 +487,8 @@ def train(cfg: TrainConfig) -> dict:
         bar.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        if main_proc and find_state(out) != out / "state.tmp":  # a half-written state (e.g. disk full)
-            shutil.rmtree(out / "state.tmp", ignore_errors=True)
+        if main_proc:  # a half-written state (e.g. disk full)
+            discard_partial_state(out)
 
 
 def write_samples(model, out: Path, step: int, cfg: TrainConfig, runlog: RunLog, stop=None) -> None:

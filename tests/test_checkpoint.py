@@ -104,3 +104,60 @@ def test_safetensors_header_starting_with_0x80_is_not_a_pickle(tmp_path):
     path.write_bytes(pickle.dumps({"w": [0.0] * 3}))
     with pytest.raises(ValueError, match="pickle"):
         check_safetensors_file(path)
+
+
+BAD_CONFIGS = {  # folder -> what is wrong with its config.json
+    "rate-abc": lambda c: c["config"].update(sample_rate="abc"),
+    "rate-huge": lambda c: c["config"].update(sample_rate=10**12),
+    "quant-ulaw": lambda c: c["config"].update(quantization="ulaw"),
+    "tokens-neg": lambda c: c["config"].update(n_tokens=-1),
+    "meta-list": lambda c: c.update(metadata=[1, 2]),
+    "config-str": lambda c: c.update(config="d_model=64"),
+    "arch-unknown": lambda c: c.update(architecture="transformer"),
+    "arch-list": lambda c: c.update(architecture=["sashimi"]),
+    "params-str": lambda c: c.update(n_parameters="many"),
+    "d-state-huge": lambda c: c["config"].update(d_state=4096),
+}
+BAD_FILES = {"invalid-json": "{not json", "top-list": "[1, 2, 3]", "top-null": "null", "deep": "[" * 100000,
+             "binary": b"\xff\xfe\x00"}
+
+
+def test_list_checkpoints_skips_malformed_folders(saved, tmp_path, caplog):
+    """One bad runs/*/config.json must never hide the others: each is skipped with a warning."""
+    _, good = saved
+    runs = tmp_path / "runs"
+    (runs / "good" / "checkpoint").mkdir(parents=True)
+    for f in good.iterdir():
+        (runs / "good" / "checkpoint" / f.name).write_bytes(f.read_bytes())
+    config = json.loads((good / "config.json").read_text())
+    for name, damage in BAD_CONFIGS.items():
+        bad = json.loads(json.dumps(config))
+        damage(bad)
+        (runs / name).mkdir()
+        (runs / name / "config.json").write_text(json.dumps(bad))
+    for name, text in BAD_FILES.items():
+        (runs / name / "checkpoint").mkdir(parents=True)
+        path = runs / name / "checkpoint" / "config.json"
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    found = list_checkpoints([(runs, False)])
+    assert [c["name"] for c in found] == ["good"]
+    entry = found[0]
+    assert isinstance(entry["config"], dict) and isinstance(entry["metadata"], dict)
+    assert entry["config"]["sample_rate"] == 16000 and entry["n_parameters"] > 0
+    skipped = {str(r.args[0]) for r in caplog.records if r.levelname == "WARNING" and r.msg.startswith("skipping")}
+    assert skipped == {str(runs / n) for n in BAD_CONFIGS} | {str(runs / n / "checkpoint") for n in BAD_FILES}
+
+
+def test_save_model_leaves_no_temp_files_and_clears_stale_ones(saved):
+    """A kill during a write leaves .<name>.*.tmp files; the next save removes them, readers ignore them."""
+    model, path = saved
+    assert not list(path.glob(".*.tmp")) and sorted(p.name for p in path.iterdir()) == [
+        "README.md", "config.json", "model.safetensors"]
+    stale = [path / ".model.k1ll3d.tmp", path / ".config.json.abc123.tmp", path / ".README.md.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    load_model(path)
+    assert [c["name"] for c in list_checkpoints([(path.parent, False)])] == ["m"]
+    save_model(model, path, steps=4)
+    assert not list(path.glob(".*.tmp"))
+    assert load_model(path).checkpoint["metadata"]["steps"] == 4

@@ -26,12 +26,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from sashimi_core.quantize import ZERO_TOKEN, linear_decode, mu_law_decode
+
+# Bounds on configs built from untrusted JSON (checkpoint.validate_config); the parameter count is capped there.
+MAX_TIERS = 4  # len(frame_sizes) (presets: 2, 3)
+MAX_FRAME = 64  # each frame size (presets: 2..16)
+MAX_LOOKBACK = 4096  # prod(frame_sizes), samples per top frame (presets: 16..64)
+MAX_HIDDEN = 2048  # d_hidden (presets: 32, 1024)
+MAX_EMBED = 1024  # d_model (presets: 16, 256)
+MAX_RNN = 8  # n_rnn (presets: 1, 2)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,10 @@ class SampleRNNConfig:
     quantization: str = "mu-law"  # "mu-law" or "linear"; also how frame tiers dequantise their input
     sample_rate: int = 16000
     architecture: str = field(default="samplernn", repr=False)
+
+    # field -> (min, max) inclusive (for a tuple: of each item, then its max length; see SaShiMiConfig.LIMITS)
+    LIMITS: ClassVar[dict] = {"frame_sizes": (1, MAX_FRAME, MAX_TIERS), "n_rnn": (1, MAX_RNN),
+                              "d_hidden": (1, MAX_HIDDEN), "d_model": (1, MAX_EMBED)}
 
     def __post_init__(self):
         object.__setattr__(self, "frame_sizes", tuple(int(f) for f in self.frame_sizes))
@@ -66,6 +79,21 @@ class SampleRNNConfig:
     def lookback(self) -> int:
         """F: samples per top-tier frame; the history the model keeps."""
         return math.prod(self.frame_sizes)
+
+    def n_parameters(self) -> int:
+        """Parameters of SampleRNN(self), computed without building it."""
+        H, V, g = self.d_hidden, self.n_tokens, int(self.weight_norm)  # g: weight-norm gains, one per output row
+        n = 0
+        for f, samples in zip(self.frame_sizes, self.frame_samples, strict=True):
+            n += H * samples + g * H + H  # expand (+ gain) and its bias
+            n += self.n_rnn * (6 * H * H + 6 * H) + (self.n_rnn * H if self.learn_h0 else 0)  # GRU, h0
+            n += H * H * f + g * H + H * f  # upsample (+ gain) and its per-position bias
+        n += V * self.d_model + H * self.d_model * self.frame_sizes[0] + g * H  # embedding, mlp_in
+        return n + H * H + g * H + H + V * H + g * V + V  # mlp_hidden, mlp_out (+ gains, biases)
+
+    def size_limits(self) -> list[tuple[str, int, int]]:
+        """(quantity, value, maximum) for derived sizes checked before building (see checkpoint.validate_config)."""
+        return [("lookback prod(frame_sizes)", self.lookback, MAX_LOOKBACK)]
 
 
 # Parameter counts equal the paper's to every printed digit: 51,848,704 (51.85M, 2-tier) and 35,034,624 (35.03M,

@@ -23,12 +23,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from sashimi_core.quantize import ZERO_TOKEN
+
+# Bounds on configs built from untrusted JSON (checkpoint.validate_config). The sampling tables grow with
+# 2^n_layers * n_blocks * n_layers * (kernel_size - 1), so those three stay near the paper's 4 x 10 x 2.
+MAX_CHANNELS = 2048  # every width (presets: 8..1024)
+MAX_BLOCKS = 8  # n_blocks (presets: 2, 4)
+MAX_DILATION_LAYERS = 12  # n_layers per block, dilations up to 2^11 (presets: 4, 10)
+MAX_KERNEL = 4  # kernel_size (presets: 2)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,12 @@ class WaveNetConfig:
     quantization: str = "mu-law"  # "mu-law" or "linear"
     sample_rate: int = 16000
     architecture: str = field(default="wavenet", repr=False)
+
+    # field -> (min, max) inclusive (see SaShiMiConfig.LIMITS)
+    LIMITS: ClassVar[dict] = {
+        **{name: (1, MAX_CHANNELS) for name in ("residual_channels", "dilation_channels", "skip_channels",
+                                                "end_channels", "embed_channels", "out_channels")},
+        "n_blocks": (1, MAX_BLOCKS), "n_layers": (1, MAX_DILATION_LAYERS), "kernel_size": (2, MAX_KERNEL)}
 
     def __post_init__(self):
         for name in ("residual_channels", "dilation_channels", "skip_channels", "end_channels", "embed_channels",
@@ -65,6 +79,14 @@ class WaveNetConfig:
     def receptive_field(self) -> int:
         """Input positions each output sees: 1 + sum of d*(k-1) (4093 for the paper's models)."""
         return 1 + sum(self.dilations) * (self.kernel_size - 1)
+
+    def n_parameters(self) -> int:
+        """Parameters of WaveNet(self), computed without building it."""
+        R, D, S, E, O, V = (self.residual_channels, self.dilation_channels, self.skip_channels, self.embed_channels,
+                            self.out_channels, self.n_tokens)
+        n, end = self.n_blocks * self.n_layers, self.end_channels
+        layers = n * (2 * D * R * self.kernel_size + R * D + S * D)  # dilated, residual, skip
+        return V * E + E * R + layers + S * end + end + end * O + O + O * V + V
 
 
 # Parameter counts: the paper's 2.67M / 4.24M are the reference WaveNet (4 x 10 layers, R = D = 64, no bias in the
