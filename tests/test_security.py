@@ -311,3 +311,22 @@ def test_teacher_password_is_not_on_the_command_line():
     out = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent, timeout=120)
     assert "--teacher-password-file" in out.stdout and "--teacher-password " not in out.stdout
+
+
+def test_oversized_reference_import_is_refused_before_building(local_app, reference_fixture, tmp_path):
+    """Audit 5: a config asking for d_state 4096 (HiPPO setup O(N^3), minutes of CPU) or d_model 4096 is
+    refused by /import_reference at once, before any model is built."""
+    from gradio_client import Client, handle_file
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "reference.safetensors"
+    save_file({k: v.contiguous() for k, v in reference_fixture["fresh"].items()}, str(weights))
+    client = Client(local_app.url, verbose=False)
+    for field, value in (("d_state", 4096), ("d_model", 4096), ("n_layers", 100000)):
+        config = dict(reference_fixture["config"], **{field: value})
+        t0 = time.monotonic()
+        with pytest.raises(Exception, match=f"{field} = .* out of bounds|{field}.*(maximum|allowed)"):
+            client.predict(handle_file(str(weights)), None, json.dumps(config), f"big-{field}", "mu-law", 16000,
+                           api_name="/import_reference")
+        assert time.monotonic() - t0 < 5.0
+    assert not any((local_app.tmp / "runs").glob("big-*"))
