@@ -43,9 +43,10 @@ def run_steps(module, x):
 
 @pytest.fixture
 def fake_trainer(tmp_path_factory):
-    """start(folder): a process whose command line is exactly the app's trainer's,
-    ``python -m sashimi_core.train --out <folder> ...``, but which only sleeps (a package named sashimi_core
-    in a temp folder shadows ours for it). Killed at teardown."""
+    """start(folder, kind="train"): a process whose command line is exactly the app's trainer's,
+    ``python -m sashimi_core.train --out <folder>`` (kind "data": the builder's,
+    ``python -m sashimi_core.data build <folder name> --out <folder>``), but which only sleeps (a package
+    named sashimi_core in a temp folder shadows ours for it). Killed at teardown."""
     import subprocess
     import time
 
@@ -53,11 +54,15 @@ def fake_trainer(tmp_path_factory):
     (pkg / "sashimi_core").mkdir()
     (pkg / "sashimi_core" / "__init__.py").write_text("")
     (pkg / "sashimi_core" / "train.py").write_text("import time\ntime.sleep(120)\n")
+    (pkg / "sashimi_core" / "data").mkdir()
+    (pkg / "sashimi_core" / "data" / "__init__.py").write_text("")
+    (pkg / "sashimi_core" / "data" / "__main__.py").write_text("import time\ntime.sleep(120)\n")
     started = []
 
-    def start(folder, *extra):
+    def start(folder, kind="train"):
         Path(folder).mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "sashimi_core.train", "--out", str(Path(folder).resolve()), *extra]
+        module = ["sashimi_core.train"] if kind == "train" else ["sashimi_core.data", "build", Path(folder).name]
+        command = [sys.executable, "-m", *module, "--out", str(Path(folder).resolve())]
         proc = subprocess.Popen(command, cwd=pkg, env=dict(os.environ, PYTHONPATH=str(pkg)))
         started.append(proc)
         time.sleep(1.2)  # past the app's 1 s cache of the process scan

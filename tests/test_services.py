@@ -347,12 +347,12 @@ def test_run_status_states(tmp_path, fake_trainer):
     assert jobs.run_status(run)["state"].startswith("no recent progress")
 
 
-def test_build_status_from_log(settings):
+def test_build_status_from_log(settings, fake_trainer):
     folder = jobs.build_folder(settings, "sc09-synth")
     folder.mkdir(parents=True)
-    proc = _sleeper()
+    proc = fake_trainer(settings.data_dir / "sc09-synth", "data")
     try:
-        _write_job(folder, proc, [sys.executable, "-c", "import time; time.sleep(60)"])
+        _write_job(folder, proc, proc.args)
         (folder / jobs.BUILD_LOG).write_text("$ python -m ...\nclips:  10%|#  | 30/300 [00:01<00:09]\r"
                                              "clips:  20%|## | 60/300 [00:02<00:08]")
         st = jobs.build_status(settings, "sc09-synth")
@@ -360,6 +360,7 @@ def test_build_status_from_log(settings):
     finally:
         proc.kill()
         proc.wait()
+    time.sleep(processes._SCAN_TTL_S + 0.1)
     with open(folder / jobs.BUILD_LOG, "a") as f:
         f.write("\nbuilt sc09-synth in data/sc09-synth (3.0 s)\n")
     assert jobs.build_status(settings, "sc09-synth")["state"] == "finished"
