@@ -123,9 +123,33 @@ def list_models(settings: Settings) -> list[dict]:
             "sample_rate": int(cfg.get("sample_rate", 16000)),
             "quantization": cfg.get("quantization", "mu-law"),
             "preset": meta.get("preset"), "d_model": cfg.get("d_model"), "n_layers": cfg.get("n_layers"),
+            "sampling": _recommended_sampling(meta),
             "card": readme.read_text(errors="replace") if readme.is_file() else "",
         })
     return cards
+
+
+def _recommended_sampling(meta: dict) -> dict | None:
+    """{"temperature", "top_p"} the model card recommends (config.json metadata "recommended_sampling", set
+    from the model's quality report), or None when absent or out of range."""
+    rec = meta.get("recommended_sampling")
+    if not isinstance(rec, dict):
+        return None
+    t, p = rec.get("temperature"), rec.get("top_p")
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (t, p))
+    return {"temperature": float(t), "top_p": float(p)} if ok and 0 <= t <= 2 and 0 < p <= 1 else None
+
+
+QUALITY_FILES = ("quality.md", "quality.png")  # `python -m bench quality ... --out <checkpoint>/quality.json`
+
+
+def model_quality(settings: Settings, model_id: str) -> tuple[str, Path | None]:
+    """(markdown of the model's quality report, a servable copy of its spectrogram grid PNG) from the files
+    `python -m bench quality` wrote into the checkpoint folder; ("", None) for a model without a report."""
+    folder = Path(find_model(settings, model_id)["checkpoint"])
+    md, png = (folder / name for name in QUALITY_FILES)
+    text = md.read_text(errors="replace") if md.is_file() else ""
+    return text, publish_file(settings, png) if png.is_file() else None
 
 
 def find_model(settings: Settings, model_id: str) -> dict:

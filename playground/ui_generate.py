@@ -68,6 +68,16 @@ class GenerateHandlers:
         except ValueError as exc:
             return f"⚠️ {exc}"
 
+    def sampling_defaults(self, model_id):
+        """The temperature and top-p the model's card recommends (unchanged sliders when it has none)."""
+        try:
+            rec = services.find_model(self.settings, model_id)["sampling"] if model_id else None
+        except ValueError:
+            rec = None
+        if not rec:
+            return gr.skip(), gr.skip()
+        return rec["temperature"], rec["top_p"]
+
     def estimate(self, model_id, seconds, n_samples) -> str:
         est = services.estimate_seconds(self.settings, model_id, float(seconds or 0), int(n_samples or 1))
         st = self.settings
@@ -230,6 +240,7 @@ def build(settings: services.Settings) -> dict:
     limits = dict(concurrency_limit=settings.concurrency, concurrency_id="generation")
     refresh.click(h.model_picker, [model], [model, card], api_name="refresh_models", queue=False)
     model.change(h.model_card, [model], [card], api_name="model_card", queue=False)
+    model.change(h.sampling_defaults, [model], [temperature, top_p], api_name="sampling_defaults", queue=False)
     for comp in (model, seconds, n_samples):
         comp.change(h.estimate, [model, seconds, n_samples], [estimate], api_visibility="undocumented",
                     queue=False, show_progress="hidden")

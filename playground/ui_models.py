@@ -49,6 +49,19 @@ class ModelsHandlers:
         return services.describe_model(card) + "\n\n---\n\n" + text if text.strip() else \
             services.describe_model(card)
 
+    def quality(self, model_id):
+        """(quality report markdown, spectrogram grid PNG) of a model, from its `python -m bench quality`."""
+        if not model_id:
+            return "", None
+        try:
+            text, png = services.model_quality(self.settings, model_id)
+        except ValueError:
+            return "", None
+        if not text:
+            return ("*No quality report for this model yet: `python -m bench quality <checkpoint> --data <data set> "
+                    "--out <checkpoint>/quality.json` writes one.*"), None
+        return text, str(png) if png else None
+
     def delete(self, model_id, confirm: bool) -> str:
         """Delete a user run (shipped models are refused)."""
         if not confirm:
@@ -80,6 +93,10 @@ def build(settings: services.Settings) -> dict:
         with gr.Column(scale=3):
             picker = gr.Dropdown(label="Model", choices=[], allow_custom_value=True)
             card = gr.Markdown(elem_classes=["model-card"])
+            with gr.Accordion("Quality report (generated next to real test clips)", open=False):
+                quality = gr.Markdown(elem_id="model-quality")
+                grid = gr.Image(label="Log-mel spectrograms: unconditional · continuation · real", type="filepath",
+                                interactive=False, buttons=["download"])
         with gr.Column(scale=2):
             with gr.Accordion("Delete a run", open=False):
                 gr.Markdown("Deletes the run folder (checkpoint, metrics, samples). Shipped models cannot be "
@@ -106,6 +123,7 @@ def build(settings: services.Settings) -> dict:
         models_json = gr.JSON(open=False, show_label=False)
 
     picker.change(h.card, [picker], [card], api_name="model_readme", queue=False)
+    picker.change(h.quality, [picker], [quality, grid], api_name="model_quality", queue=False)
     refreshed = refresh.click(h.list_models, None, [models_json], api_name="list_models", queue=False)
     delete_done = delete_btn.click(h.delete, [picker, confirm], [delete_msg], api_name="delete_run")
     import_inputs = [weights, config_file, config_text, name, quantization, sample_rate]

@@ -27,8 +27,9 @@ SECRET = "s3cret-teacher-pw-for-the-attack-tests"
 # Every endpoint the app exposes, by what it may do on a public server. A new endpoint fails
 # test_public_mode_refuses_every_writer until it is put in one of these sets (and, if it writes, gated).
 READERS = {
-    "list_models", "model_card", "model_readme", "refresh_models", "load_models", "refresh", "refresh_1",
-    "refresh_2", "refresh_3", "estimate", "estimate_1", "estimate_2", "estimate_3", "roll_seed", "render_results",
+    "list_models", "model_card", "model_readme", "model_quality", "sampling_defaults", "refresh_models",
+    "load_models", "refresh", "refresh_1", "refresh_2", "refresh_3", "estimate", "estimate_1", "estimate_2",
+    "estimate_3", "roll_seed", "render_results",
     "datasets", "runs", "training_status", "poll_training", "load_example_input", "lambda",
     *(f"continue_result_{i}" for i in range(1, 9)),
     # teacher tools that only read (each refuses without the password anyway)

@@ -485,3 +485,20 @@ def test_warmup_loads_and_compiles_once_in_the_background(settings, monkeypatch)
     monkeypatch.setattr(services, "_WARMED", set())
     monkeypatch.setenv("SASHIMI_NO_WARMUP", "1")
     assert services.start_warmup(settings) is None
+
+
+def test_quality_report_and_recommended_sampling(settings, dirs):
+    """A checkpoint with `bench quality`'s files and a recommended_sampling in its metadata: the Models tab
+    gets the report and a served copy of the grid; the Generate tab gets the sampling settings."""
+    folder = dirs / "runs" / "reported"
+    make_tiny_checkpoint(folder, recommended_sampling={"temperature": 0.9, "top_p": 0.95})
+    assert services.model_quality(settings, "reported") == ("", None)
+    (folder / "quality.md").write_text("| measure | unconditional | real |\n")
+    png = folder / "quality.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(16))
+    text, served = services.model_quality(settings, "reported")
+    assert text.startswith("| measure") and served.read_bytes() == png.read_bytes()
+    assert served.resolve().is_relative_to(Path(settings.output_dir).resolve())
+    assert services.find_model(settings, "reported")["sampling"] == {"temperature": 0.9, "top_p": 0.95}
+    make_tiny_checkpoint(dirs / "runs" / "odd-sampling", recommended_sampling={"temperature": "hot", "top_p": 2})
+    assert services.find_model(settings, "odd-sampling")["sampling"] is None
