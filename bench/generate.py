@@ -4,7 +4,10 @@ For each preset (default sashimi-2, sashimi-8) and batch size (1, 4, 16): sample
 the batch) of `generate(model, n, engine="fast")` — the numba-compiled exact step — and of
 `generate(..., engine="torch")` — our plain module-by-module step loop — measured in the same run, each case
 in a fresh process (peak RSS). With --device cuda: `engine="graph"` (one CUDA graph per step phase) vs the
-torch loop on the GPU. 16,000 samples/s is real time at 16 kHz. The reference implementation's numbers on
+torch loop on the GPU. 16,000 samples/s is real time at 16 kHz.
+Prompt cases (--prompt-seconds): reading a prompt in convolution mode with its NLL from the same pass
+(`model.prefill(prompt, return_nll=True)`, what the app does before sampling) against reading it and then
+scoring it with a second, teacher-forced forward pass (the baseline, measured in the same child). The reference implementation's numbers on
 the project's original 2-core machine kind (DESIGN.md §9) are printed alongside (correct dense step: 6
 samples/s; its numerically wrong "diagonal" step: 461 (B=1) / 2,266 (B=16) samples/s).
 """
@@ -21,6 +24,7 @@ from bench import common
 NAME = "generate"
 REFERENCE = {"dense_b1": 6, "diagonal_b1": 461, "diagonal_b16": 2266}
 TARGETS = {"sashimi-2_b1": 16000, "sashimi-8_b1": 4000, "sashimi-8_b16": 32000}
+PROMPT_TARGETS_S = {"sashimi-2": 1.5, "sashimi-8": 4.0}  # a 10-s prompt read with its NLL, 2 CPU cores
 REAL_TIME = 16000
 GPU_TARGET_B1 = 20 * REAL_TIME  # issue target for the GPU path at batch 1
 
@@ -41,6 +45,52 @@ def run_case(preset: str, batch: int, engine: str, steps: int, threads: int, see
     dt = time.perf_counter() - t0
     return {"seconds": dt, "steps": steps, "samples_per_s": batch * steps / dt, "peak_bytes": common.read_peak(device),
             "baseline_bytes": baseline, "torch_threads": torch.get_num_threads()}
+
+
+def run_prompt_case(preset: str, seconds: float, threads: int, seed: int = 0, device: str = "cpu") -> dict:
+    """Child process: time one prompt read with its NLL (fused) and read + separate forward (baseline)."""
+    torch.set_num_threads(threads)
+    from sashimi_core import PRESETS, SaShiMi
+    from sashimi_core.metrics import nll_bits
+
+    torch.manual_seed(seed)
+    model = SaShiMi(PRESETS[preset]).to(device).eval()
+    tokens = torch.randint(0, 256, (1, int(seconds * REAL_TIME)), device=device)
+    with torch.inference_mode():
+        model.prefill(tokens[:, :4096], return_nll=True)  # warm up (numba Cauchy compile, allocator)
+        baseline = common.reset_peak(device)
+        t0 = time.perf_counter()
+        model.prefill(tokens, return_nll=True)
+        common.sync(device)
+        fused = time.perf_counter() - t0
+        peak = common.read_peak(device)
+        t0 = time.perf_counter()
+        model.prefill(tokens)
+        nll_bits(model(tokens), tokens)
+        common.sync(device)
+        two_pass = time.perf_counter() - t0
+    return {"fused_s": fused, "two_pass_s": two_pass, "peak_bytes": peak, "baseline_bytes": baseline}
+
+
+def prompt_rows(presets, prompt_seconds, threads, device) -> list[dict]:
+    rows = []
+    for preset in presets:
+        for seconds in prompt_seconds:
+            res = common.run_isolated(run_prompt_case, timeout_s=900, preset=preset, seconds=seconds,
+                                      threads=threads, device=device)
+            row = {"preset": preset, "prompt_s": seconds}
+            if res["ok"]:
+                r = res["result"]
+                row.update(read_with_nll_s=round(r["fused_s"], 3), read_then_forward_s=round(r["two_pass_s"], 3),
+                           speedup=round(r["two_pass_s"] / r["fused_s"], 2), peak_rss_gb=common.fmt_gb(r["peak_bytes"]))
+                target = PROMPT_TARGETS_S.get(preset) if seconds == 10 else None
+                if target:
+                    row.update(target_s=target, meets_target=r["fused_s"] <= target)
+            else:
+                row["error"] = res["error"]
+            rows.append(row)
+            print(row, file=sys.stderr, flush=True)
+    return rows
 
 
 def _cost(preset: str) -> dict:
@@ -73,12 +123,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:i]: on the GPU the CUDA-graph engine vs the torch "
                    "step loop (the numba engine is CPU-only)")
-    p.add_argument("--quick", action="store_true", help="sashimi-2 only, batch 1 and 16, 0.5 s")
+    p.add_argument("--prompt-seconds", default="1,10", help="prompt lengths to time reading (empty: none)")
+    p.add_argument("--quick", action="store_true", help="sashimi-2 only, batch 1 and 16, 0.5 s, a 10-s prompt")
     p.add_argument("--out")
     args = p.parse_args(argv)
     presets, batches = args.presets.split(","), [int(b) for b in args.batches.split(",")]
     if args.quick:
-        presets, batches, args.seconds = ["sashimi-2"], [1, 16], 0.5
+        presets, batches, args.seconds, args.prompt_seconds = ["sashimi-2"], [1, 16], 0.5, "10"
     common.check_device(p, args.device)
     engines = [("fast", int(args.seconds * REAL_TIME)), ("torch", args.torch_steps)]
     if args.device != "cpu":
@@ -114,13 +165,20 @@ def main(argv=None) -> int:
             if target:
                 row["target"] = target
                 row["meets_target"] = row["samples_per_s"] >= target
+    prompts = prompt_rows(presets, [float(x) for x in args.prompt_seconds.split(",") if x.strip()], args.threads,
+                          args.device)
     env = common.env_record(args.device)
-    data = {"benchmark": NAME, "env": env, "threads": args.threads, "rows": rows,
+    data = {"benchmark": NAME, "env": env, "threads": args.threads, "rows": rows, "prompt_rows": prompts,
+            "prompt_targets_s": PROMPT_TARGETS_S,
             "machine_peaks": machine, "engine_cost": costs, "reference_samples_per_s": REFERENCE, "targets": TARGETS}
     path = common.write_json(NAME, data, args.out)
     cols = ["preset", "batch", "engine", "samples_per_s", "real_time_x", "speedup_vs_torch_step", "target",
             "meets_target", "gflop_per_s", "pct_sgemm_peak", "mem_gb_per_s", "peak_rss_gb", "torch_threads"]
     print(common.markdown_table(rows, cols))
+    if prompts:
+        print("\nprompt read (convolution mode) with its NLL, vs read + a second forward pass for the NLL:")
+        print(common.markdown_table(prompts, ["preset", "prompt_s", "read_with_nll_s", "read_then_forward_s",
+                                              "speedup", "target_s", "meets_target", "peak_rss_gb"]))
     print(f"\nmachine: {common.machine_line(env)}")
     if machine:
         print(f"peaks measured in this run: {machine}")

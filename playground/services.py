@@ -37,7 +37,6 @@ from playground import audio_io
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-PROMPT_NLL_MAX_S = 1.0  # the prompt's NLL costs one more forward pass: only for prompts up to this long
 
 
 @cache
@@ -443,25 +442,13 @@ def _sample_impl(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: 
     model = MODELS.get(path, device)
     q = model.cfg.quantization
     tokens = None if prompt is None else encode(torch.from_numpy(prompt), q).to(device)  # (T,) int64
-    prompt_nll = None
-    if tokens is not None and len(tokens) <= PROMPT_NLL_MAX_S * model.cfg.sample_rate:
-        prompt_nll = _nll_bits(model, tokens)
     out, stats = generate(model, n_steps, prompt=tokens, n_samples=n_samples, temperature=temperature,
                           top_p=top_p, seed=seed, progress=progress, stop=stop, return_stats=True)
+    prompt_nll = stats.prompt_nll_bits[0] if stats.prompt_nll_bits else None  # from the prompt's one read
     return decode(out.cpu(), q).numpy(), stats, prompt_nll
 
 
 _sample = _gpu(_sample_impl)
-
-
-def _nll_bits(model, tokens) -> float:
-    """Mean -log2 p(token) of tokens (T,) under the model: one teacher-forced forward pass."""
-    import torch
-
-    from sashimi_core.metrics import nll_bits
-
-    with torch.inference_mode():
-        return float(nll_bits(model(tokens[None]), tokens[None]))
 
 
 def check_generation_request(settings: Settings, temperature, top_p, seconds, n_samples, seed) -> None:

@@ -31,6 +31,7 @@ class GenerationStats:
     stopped: bool = False  # the stop callback ended generation early
     steps: int = 0  # tokens generated per sample
     order: list[int] = field(default_factory=list)  # sample order when ranked by likelihood
+    prompt_nll_bits: list[float] | None = None  # mean -log2 p(prompt token) per sample (conv prompt mode)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -136,14 +137,21 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
     try:
         if prompt is not None and prompt.numel() > 0:
             prompt = torch.as_tensor(prompt, dtype=torch.long, device=device)
-            if prompt.dim() == 1:
+            shared = prompt.dim() == 1
+            if shared:
                 prompt = prompt.unsqueeze(0).expand(n_samples, -1)
             if prompt.dim() != 2 or prompt.shape[0] != n_samples:
                 raise ValueError(f"prompt must be (T,) or (n_samples={n_samples}, T), got {tuple(prompt.shape)}")
             if prompt.min() < 0 or prompt.max() >= model.cfg.n_tokens:
                 raise ValueError(f"prompt tokens must lie in [0, {model.cfg.n_tokens - 1}]")
             if prompt_mode == "conv":
-                logits, state = model.prefill(prompt)
+                if shared and hasattr(model, "repeat_state"):  # read a shared prompt once, copy the state
+                    logits, state, nll = model.prefill(prompt[:1], return_nll=True)
+                    logits, state = logits.expand(n_samples, -1), model.repeat_state(state, n_samples)
+                    nll = nll.expand(n_samples)
+                else:
+                    logits, state, nll = model.prefill(prompt, return_nll=True)
+                stats.prompt_nll_bits = nll.tolist()
             else:
                 logits, state = model.start(n_samples)
                 for t in range(prompt.shape[1]):
@@ -172,6 +180,8 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
             stats.order = order
             stats.nll_bits = [stats.nll_bits[i] for i in order]
             stats.entropy_bits = [stats.entropy_bits[i] for i in order]
+            if stats.prompt_nll_bits is not None:
+                stats.prompt_nll_bits = [stats.prompt_nll_bits[i] for i in order]
     finally:
         model.train(was_training)
     return (tokens, stats) if return_stats else tokens

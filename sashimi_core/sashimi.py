@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from sashimi_core.metrics import nll_bits
 from sashimi_core.quantize import ZERO_TOKEN
 from sashimi_core.s4 import S4Block
 
@@ -431,12 +432,29 @@ class SaShiMi(nn.Module):
         start = torch.full((batch_size,), ZERO_TOKEN, dtype=torch.long, device=self.head.weight.device)
         return self._step(start, state)
 
-    def prefill(self, prompt: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    def prefill(self, prompt: torch.Tensor, return_nll: bool = False):
         """Read a prompt (B, T) in convolution mode: (logits for token T (B, V), state), the same as
-        `start` followed by T calls to `step`, in one parallel pass."""
+        `start` followed by T calls to `step`, in one parallel pass. return_nll=True also returns the
+        prompt's own NLL, mean -log2 p(prompt token) per row (B,), from the same pass."""
         start = torch.full_like(prompt[:, :1], ZERO_TOKEN)
         y, state = self.backbone(self.embedding(torch.cat([start, prompt], 1)), return_state=True)
-        return self.head(y[:, -1]), state
+        logits = self.head(y[:, -1])
+        if not return_nll:
+            return logits, state
+        chunk = 1 << 15  # positions per head call: the (B, T, V) logits of a long prompt are never all held
+        y = y[:, :-1]  # y[:, t] predicts prompt[:, t]
+        bits = sum(nll_bits(self.head(y[:, s: s + chunk]), prompt[:, s: s + chunk], "none").sum(-1)
+                   for s in range(0, prompt.shape[1], chunk))
+        return logits, state, bits / max(prompt.shape[1], 1)
+
+    @staticmethod
+    def repeat_state(state, n: int):
+        """A state of batch 1 -> the same state for n rows (every state tensor is batch-first)."""
+        if isinstance(state, torch.Tensor):
+            return state.expand(n, *state.shape[1:]).contiguous()
+        if isinstance(state, (tuple, list)):
+            return type(state)(SaShiMi.repeat_state(s, n) for s in state)
+        return state
 
     def init_state(self, batch_size: int) -> tuple:
         """State ready to consume token 0 (the start token already consumed)."""

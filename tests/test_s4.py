@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import run_steps
+from sashimi_core import s4
 from sashimi_core.hippo import nplr_legs
 from sashimi_core.s4 import S4Block, _Woodbury, fft_conv
 
@@ -132,7 +133,11 @@ def test_kernel_length_growth_and_truncation():
     assert err < 1e-4
 
 
-def test_state_from_sequence_matches_steps():
+@pytest.mark.parametrize("one_row_per_matmul", [False, True])
+def test_state_from_sequence_matches_steps(monkeypatch, one_row_per_matmul):
+    """Several chunks with zeros in front (L = 333 is not a multiple of the chunk), batch rows split or not."""
+    if one_row_per_matmul:
+        monkeypatch.setattr(s4, "STATE_MATMUL_ELEMENTS", 1)
     torch.manual_seed(2)
     block = S4Block(6, d_state=32).eval()
     _perturb_dt(block, 3)

@@ -41,6 +41,23 @@ def test_prompt_is_kept_and_modes_agree(model, mode):
     assert torch.equal(out, ref)
 
 
+def test_shared_prompt_is_read_once_with_its_nll(model):
+    """A (T,) prompt is read for one row and its state copied: the same tokens as the (n, T) prompt read row by
+    row, and the prompt's NLL from the same pass equals a teacher-forced forward pass."""
+    from sashimi_core.metrics import nll_bits
+
+    prompt = torch.randint(0, 256, (300,))
+    shared, s1 = generate(model, 30, prompt=prompt, n_samples=3, seed=4, return_stats=True)
+    rows, s2 = generate(model, 30, prompt=prompt.expand(3, -1).clone(), n_samples=3, seed=4, return_stats=True)
+    assert torch.equal(shared, rows)
+    with torch.no_grad():
+        want = nll_bits(model(prompt[None]), prompt[None]).item()
+    assert len(s1.prompt_nll_bits) == 3 and s1.prompt_nll_bits == pytest.approx([want] * 3, abs=1e-4)
+    assert s2.prompt_nll_bits == pytest.approx([want] * 3, abs=1e-4)
+    _, s3 = generate(model, 5, n_samples=1, seed=4, return_stats=True)
+    assert s3.prompt_nll_bits is None
+
+
 def test_progress_stop_and_stats(model):
     calls = []
     tokens, stats = generate(model, 1000, seed=0, progress=lambda d, t: calls.append((d, t)),

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sashimi_core.metrics import nll_bits
 from sashimi_core.quantize import ZERO_TOKEN, linear_decode, mu_law_decode
 
 # Bounds on configs built from untrusted JSON (checkpoint.validate_config); the parameter count is capped there.
@@ -198,10 +199,13 @@ class SampleRNN(nn.Module):
         logits, state = self._run(tokens, state)
         return (logits[:, :-1], state) if return_state else logits[:, :-1]
 
-    def prefill(self, prompt: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    def prefill(self, prompt: torch.Tensor, return_nll: bool = False):
         """Read a prompt (B, T) in sequence mode: (logits for token T (B, V), state), the same as `start` followed
-        by T calls to `step`, with every tier's GRU run over its frames in one call."""
+        by T calls to `step`, with every tier's GRU run over its frames in one call. return_nll=True also
+        returns the prompt's mean NLL in bits per row (B,)."""
         logits, state = self._run(prompt, self._initial_state(prompt.shape[0]))
+        if return_nll:
+            return logits[:, -1], state, nll_bits(logits[:, :-1], prompt, "none").mean(-1)
         return logits[:, -1], state
 
     def _run(self, tokens, state):

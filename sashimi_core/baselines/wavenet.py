@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sashimi_core.metrics import nll_bits
 from sashimi_core.quantize import ZERO_TOKEN
 
 # Bounds on configs built from untrusted JSON (checkpoint.validate_config). The sampling tables grow with
@@ -174,9 +175,10 @@ class WaveNet(nn.Module):
         y = self.end_conv_2(F.relu(self.end_conv_1(F.relu(skip))))  # (B, O, L)
         return self.head(y.transpose(1, 2)), layer_inputs
 
-    def prefill(self, prompt: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    def prefill(self, prompt: torch.Tensor, return_nll: bool = False):
         """Read a prompt (B, T) in convolution mode: (logits for token T (B, V), state), the same as `start`
-        followed by T calls to `step`, in one parallel pass that also fills every layer's queue."""
+        followed by T calls to `step`, in one parallel pass that also fills every layer's queue.
+        return_nll=True also returns the prompt's mean NLL in bits per row (B,)."""
         start = torch.full_like(prompt[:, :1], ZERO_TOKEN)
         logits, xs = self._convolve(torch.cat([start, prompt], 1), keep_inputs=True)
         n_in = prompt.shape[1] + 1  # inputs consumed: start token + prompt
@@ -187,6 +189,8 @@ class WaveNet(nn.Module):
             last = F.pad(x[:, :, max(0, n_in - size):], (max(0, size - n_in), 0))  # (B, R, size): times n_in-size..
             times = torch.arange(n_in - size, n_in, device=buf.device) % slots.numel()
             buf[:, slots[times]] = last.transpose(1, 2)  # slot of time tau is slots[tau % period]
+        if return_nll:
+            return logits[:, -1], (n_in, buf), nll_bits(logits[:, :-1], prompt, "none").mean(-1)
         return logits[:, -1], (n_in, buf)
 
     # ---- recurrent mode ---------------------------------------------------------------------------
