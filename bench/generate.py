@@ -7,9 +7,10 @@ in a fresh process (peak RSS). With --device cuda: `engine="graph"` (one CUDA gr
 torch loop on the GPU. 16,000 samples/s is real time at 16 kHz.
 Prompt cases (--prompt-seconds): reading a prompt in convolution mode with its NLL from the same pass
 (`model.prefill(prompt, return_nll=True)`, what the app does before sampling) against reading it and then
-scoring it with a second, teacher-forced forward pass (the baseline, measured in the same child). The reference implementation's numbers on
-the project's original 2-core machine kind (DESIGN.md §9) are printed alongside (correct dense step: 6
-samples/s; its numerically wrong "diagonal" step: 461 (B=1) / 2,266 (B=16) samples/s).
+scoring it with a second, teacher-forced forward pass (the baseline, measured in the same child).
+The reference implementation's numbers on the project's original 2-core machine kind (DESIGN.md §9) are
+printed alongside (correct dense step: 6 samples/s; its numerically wrong "diagonal" step: 461 (B=1) /
+2,266 (B=16) samples/s).
 """
 from __future__ import annotations
 

@@ -54,6 +54,14 @@ def _file_hint(path: Path) -> str:
     return ""
 
 
+def duration(path) -> float:
+    """Length in seconds of an audio file from its header (0.0 when it cannot be read)."""
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception:  # noqa: BLE001 - any unreadable file: no estimate, the upload check says why
+        return 0.0
+
+
 def read_audio(path, max_seconds: float | None = None) -> tuple[int, np.ndarray]:
     """Decode an audio file -> (sample_rate, audio (n, channels) float32). Raises AudioInputError.
 

@@ -246,7 +246,8 @@ def trainer_available() -> bool:
 def train_command(data: str, preset: str, out: Path, steps: int, batch: int, lr: float) -> list[str]:
     """The trainer's command line; validation, samples and checkpoints are spaced to suit short runs too."""
     every = {"--log-every": max(1, min(10, steps // 50)), "--val-every": max(10, steps // 10),
-             "--sample-every": max(20, steps // 5), "--checkpoint-every": max(10, min(100, steps // 5))}
+             "--sample-every": max(20, min(100, steps // 5)),  # a first sample within minutes
+             "--checkpoint-every": max(10, min(100, steps // 5))}
     return [sys.executable, "-m", "sashimi_core.train", "--data", data, "--preset", preset, "--out", str(out),
             "--steps", str(int(steps)), "--batch", str(int(batch)), "--lr", repr(float(lr)),
             *(x for k, v in every.items() for x in (k, str(v))), "--no-progress"]

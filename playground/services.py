@@ -97,11 +97,32 @@ def _roots(settings: Settings) -> list[tuple[Path, bool]]:
     return [(Path(settings.checkpoints_dir), True), (Path(settings.runs_dir), False)]
 
 
+def shown_path(settings: Settings, path) -> str:
+    """A server path as users may see it: as is locally; in public mode relative to the folder it lives in
+    ("checkpoints/piano-synth", "runs/my-run/checkpoint"), never the server's absolute layout."""
+    return redact(settings, str(path))
+
+
+def redact(settings: Settings, text: str) -> str:
+    """text with the server's folders (checkpoints, runs, data, outputs, this checkout) replaced by short
+    names in public mode; unchanged locally."""
+    if not settings.public:
+        return text
+    folders = [(settings.checkpoints_dir, "checkpoints"), (settings.runs_dir, "runs"), (settings.data_dir, "data"),
+               (settings.output_dir, "outputs"), (ROOT, "."), (Path.home(), "~")]
+    pairs = sorted(((str(Path(f).resolve()), name) for f, name in folders), key=lambda x: -len(x[0]))
+    for folder, name in pairs:
+        if len(folder) > 1:
+            text = text.replace(folder, name)
+    return text
+
+
 def list_models(settings: Settings) -> list[dict]:
     """Cards of every generative checkpoint: shipped ones first, then user runs (incl. runs/<name>/checkpoint/).
 
-    Each card: id (unique name used by every other call), name, checkpoint (folder), run_dir, shipped, architecture,
-    n_parameters, dataset, nll_bits, sample_rate, quantization, steps, and the README text."""
+    Each card: id (unique name used by every other call), name, checkpoint (folder), run_dir, path (the folder
+    as users see it: see shown_path), shipped, architecture, n_parameters, dataset, nll_bits, sample_rate,
+    quantization, steps, and the README text."""
     from sashimi_core import list_checkpoints
 
     cards, seen = [], set()
@@ -115,7 +136,8 @@ def list_models(settings: Settings) -> list[dict]:
         readme = path / "README.md"
         nll = meta.get("test_nll_bits", meta.get("val_nll_bits", meta.get("nll_bits")))
         cards.append({
-            "id": model_id, "name": entry["name"], "checkpoint": str(path), "shipped": bool(entry["shipped"]),
+            "id": model_id, "name": entry["name"], "checkpoint": str(path), "path": shown_path(settings, path),
+            "shipped": bool(entry["shipped"]),
             "run_dir": str(path.parent if path.name == "checkpoint" else path),
             "architecture": entry["architecture"], "n_parameters": entry.get("n_parameters"),
             "dataset": meta.get("dataset"), "nll_bits": nll, "steps": meta.get("steps"),
@@ -125,6 +147,14 @@ def list_models(settings: Settings) -> list[dict]:
             "sampling": _recommended_sampling(meta),
             "card": readme.read_text(errors="replace") if readme.is_file() else "",
         })
+    return cards
+
+
+def client_cards(settings: Settings) -> list[dict]:
+    """list_models as API clients get it (/list_models): in public mode without server folders."""
+    cards = list_models(settings)
+    if settings.public:
+        cards = [{k: v for k, v in c.items() if k not in ("checkpoint", "run_dir")} for c in cards]
     return cards
 
 
@@ -176,7 +206,7 @@ def model_table(settings: Settings) -> list[list]:
         rows.append([c["id"], "shipped" if c["shipped"] else "run", c.get("dataset") or "",
                      f"{c['n_parameters'] / 1e6:.3f}M" if c.get("n_parameters") else "",
                      f"{nll:.3f}" if isinstance(nll, (int, float)) else "", c.get("steps") or "",
-                     c["sample_rate"], c["quantization"], c["checkpoint"]])
+                     c["sample_rate"], c["quantization"], c["path"]])
     return rows
 
 
@@ -195,7 +225,7 @@ def describe_model(card: dict) -> str:
             ("parameters", f"{card['n_parameters']:,}" if card.get("n_parameters") else "?"),
             ("NLL", f"{nll:.3f} bits/sample" if isinstance(nll, (int, float)) else "not measured"),
             ("sample rate", f"{card['sample_rate']} Hz"), ("quantisation", f"8-bit {card['quantization']}"),
-            ("source", "shipped checkpoint" if card["shipped"] else f"user run `{card['run_dir']}`")]
+            ("source", "shipped checkpoint" if card["shipped"] else f"user run `{card['path']}`")]
     if card.get("steps"):
         rows.insert(3, ("training steps", f"{card['steps']:,}"))
     return f"**{card['id']}** ({card['architecture']}) · " + " · ".join(f"{k}: {v}" for k, v in rows)
@@ -249,6 +279,22 @@ class SessionGuard:
     def __init__(self):
         self._lock = threading.Lock()
         self._active: dict[str, threading.Event] = {}
+        self._clicks: dict[str, int] = {}  # Generate clicks of a page not finished yet
+
+    def click(self, session: str) -> bool:
+        """Count a Generate click of a browser session; False (not counted) while its previous click has not
+        finished: the browser drops that click (one pending event at a time), so the page says so instead."""
+        with self._lock:
+            if self._clicks.get(session, 0) > 0:
+                return False
+            self._clicks[session] = self._clicks.get(session, 0) + 1
+            return True
+
+    def click_done(self, session: str) -> None:
+        with self._lock:
+            n = self._clicks.pop(session, 0) - 1
+            if n > 0:
+                self._clicks[session] = n
 
     def begin(self, session: str) -> threading.Event:
         with self._lock:
@@ -274,10 +320,25 @@ class SessionGuard:
 MODELS = ModelCache()
 SESSIONS = SessionGuard()
 _THROUGHPUT: dict[str, float] = {}  # checkpoint folder -> last measured sampling speed (samples/s, all streams)
+_PROMPT_RATE: dict[str, float] = {}  # checkpoint folder -> last prompt read speed (samples/s, load included)
 _THROUGHPUT_LOCK = threading.Lock()
 _STARTED_LOCK = threading.Lock()
 _CLEANERS: set[str] = set()  # output folders with a cleaner thread
 _WARMED: set[str] = set()  # checkpoints warmed up
+WARMUP: dict = {"state": "off"}  # the start-up compile: off / compiling (since) / ready (seconds)
+
+
+def warming_up() -> bool:
+    """True while the start-up compile of the generation engine runs (the first request would wait for it)."""
+    return WARMUP.get("state") == "compiling"
+
+
+def check_prompt(settings: Settings, audio) -> str:
+    """Read an uploaded prompt as generation will: a one-line description, or AudioInputError saying why it
+    cannot be used (checked on upload, not first at Generate)."""
+    prompt = audio_io.prepare_prompt(audio, 16000, max_seconds=settings.max_prompt_seconds)
+    notes = " ".join(prompt.warnings)
+    return f"Prompt: {prompt.seconds:.2f} s." + (f" {notes}" if notes else "")
 
 
 def request_stop(session: str) -> bool:
@@ -285,18 +346,20 @@ def request_stop(session: str) -> bool:
     return SESSIONS.stop(session)
 
 
-def estimate_seconds(settings: Settings, model_id: str, seconds: float, n_samples: int) -> float | None:
-    """Sampling time of a request at this model's last measured speed (None until a request has run long
-    enough to measure it); loading and reading the prompt come on top."""
+def estimate_seconds(settings: Settings, model_id: str, seconds: float, n_samples: int,
+                     prompt_seconds: float = 0.0) -> float | None:
+    """Time of a request at this model's last measured speeds: sampling, plus reading a prompt of
+    prompt_seconds once a prompt of a second or more has been read (None until sampling was measured)."""
     try:
         card = find_model(settings, model_id)
     except ServiceError:
         return None
     with _THROUGHPUT_LOCK:
-        rate = _THROUGHPUT.get(card["checkpoint"])
+        rate, prompt_rate = _THROUGHPUT.get(card["checkpoint"]), _PROMPT_RATE.get(card["checkpoint"])
     if not rate:
         return None
-    return seconds * card["sample_rate"] * n_samples / rate
+    prompt = prompt_seconds * card["sample_rate"] / prompt_rate if prompt_rate and prompt_seconds > 0 else 0.0
+    return seconds * card["sample_rate"] * n_samples / rate + prompt
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -381,11 +444,14 @@ def start_warmup(settings: Settings) -> threading.Thread | None:
 
     def warm():
         t0 = time.time()
+        WARMUP.update(state="compiling", since=t0)
         try:
             _sample_impl(path, 32, np.zeros(64, np.float32), 1, 1.0, 1.0, 0, None, None)
             log.info("generation engine ready (%s, %.1f s)", cards[0]["id"], time.time() - t0)
         except Exception:  # noqa: BLE001 - a failed warm-up only means the first request compiles
             log.exception("warming up the generation engine failed")
+        finally:
+            WARMUP.update(state="ready", seconds=round(time.time() - t0, 1))
 
     thread = threading.Thread(target=warm, name="sashimi-warmup", daemon=True)
     thread.start()
@@ -524,16 +590,19 @@ def generate_clips(settings: Settings, model_id: str, prompt=None, *, trim_start
 
     try:
         if progress is not None:
-            progress(0.0, "loading the model and reading the prompt")
+            progress(0.0, "waiting for the generation engine to compile (first start only, about 20 s)"
+                     if warming_up() else "loading the model and reading the prompt")
         prompt_samples = None if prompt_audio is None else prompt_audio.audio
         audio, stats, prompt_nll = _sample(card["checkpoint"], n_steps, prompt_samples, int(n_samples),
                                            float(temperature), float(top_p), seed, on_progress, should_stop)
     finally:
         SESSIONS.end(session)
     elapsed = time.monotonic() - t0
-    if rate_box:  # sampling speed without loading and prompt, in samples/s over all streams
-        with _THROUGHPUT_LOCK:
+    with _THROUGHPUT_LOCK:
+        if rate_box:  # sampling speed without loading and prompt, in samples/s over all streams
             _THROUGHPUT[card["checkpoint"]] = rate_box[-1] * int(n_samples)
+        if first and prompt_audio is not None and prompt_audio.seconds >= 1.0:  # t0 -> first chunk: the read
+            _PROMPT_RATE[card["checkpoint"]] = len(prompt_audio.audio) / max(first[0][0] - t0, 1e-3)
     return _write_results(settings, card, audio, stats, prompt_audio, prompt_nll, elapsed, reason["wall"],
                           dict(temperature=float(temperature), top_p=float(top_p), seconds=float(seconds),
                                n_samples=int(n_samples), trim_start=float(trim_start or 0),
@@ -548,7 +617,7 @@ def _write_results(settings, card, audio, stats, prompt_audio, prompt_nll, elaps
     if stats.stopped:
         warnings.append(("Stopped at the time limit of this server" if wall_stop else "Stopped")
                         + f" after {stats.steps / sr:.2f} s of audio; showing what was generated.")
-    common = {"model": card["id"], "model_path": card["checkpoint"], "seed": stats.seed, **params,
+    common = {"model": card["id"], "model_path": card["path"], "seed": stats.seed, **params,
               "sample_rate": sr, "quantization": card["quantization"],
               "prompt_sha256": None if prompt_audio is None else prompt_audio.sha256,
               "prompt_seconds": round(prompt_s, 6), "prompt_nll_bits": prompt_nll,

@@ -9,7 +9,6 @@ clients go through the same generation code.
 from __future__ import annotations
 
 import logging
-import secrets
 from pathlib import Path
 
 import gradio as gr
@@ -24,6 +23,8 @@ EMPTY_RESULTS = ("*Results appear here: audio, a log-mel spectrogram with the pr
 EXAMPLES = [("digit_seven.wav", "spoken digit 'seven' (espeak-ng)"),
             ("digit_three.wav", "spoken digit 'three' (espeak-ng)"),
             ("piano_phrase.wav", "piano phrase (FluidR3_GM)")]
+EXAMPLE_DATA = {"digit_seven.wav": "sc09-synth", "digit_three.wav": "sc09-synth",
+                "piano_phrase.wav": "piano-synth"}  # the data set of the model that continues each example
 
 
 def user_error(message: str, where="") -> gr.Error:
@@ -33,17 +34,23 @@ def user_error(message: str, where="") -> gr.Error:
 
 
 def call(fn, *args, **kwargs):
-    """Run a service call; user errors -> gr.Error with their message, anything else -> gr.Error + log."""
+    """Run a service call; user errors -> gr.Error with their message, anything else -> gr.Error + log.
+    With Settings among the arguments, messages carry no server folders in public mode (services.redact)."""
+    settings = next((a for a in args if isinstance(a, services.Settings)), None)
+
+    def shown(text: str) -> str:
+        return services.redact(settings, text) if settings is not None else text
+
     try:
         return fn(*args, **kwargs)
     except gr.Error:
         raise
     except (services.ServiceError, audio_io.AudioInputError) as exc:
-        raise user_error(str(exc), getattr(fn, "__name__", fn)) from None
+        raise user_error(shown(str(exc)), getattr(fn, "__name__", fn)) from None
     except Exception as exc:  # noqa: BLE001 - the UI edge: log the trace, tell the user in one line
         log.exception("%s failed", getattr(fn, "__name__", fn))
-        raise gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}). The app is still running; "
-                       "try again or pick another model.") from exc
+        raise gr.Error(f"Something went wrong ({type(exc).__name__}: {shown(str(exc))}). The app is still "
+                       "running; try again or pick another model.", print_exception=False) from exc
 
 
 class GenerateHandlers:
@@ -66,7 +73,7 @@ class GenerateHandlers:
         try:
             return services.describe_model(services.find_model(self.settings, model_id))
         except ValueError as exc:
-            return f"⚠️ {exc}"
+            return f"**Cannot use this model:** {services.redact(self.settings, str(exc))}"
 
     def sampling_defaults(self, model_id):
         """The temperature and top-p the model's card recommends (unchanged sliders when it has none)."""
@@ -78,21 +85,25 @@ class GenerateHandlers:
             return gr.skip(), gr.skip()
         return rec["temperature"], rec["top_p"]
 
-    def estimate(self, model_id, seconds, n_samples) -> str:
-        est = services.estimate_seconds(self.settings, model_id, float(seconds or 0), int(n_samples or 1))
+    def estimate(self, model_id, seconds, n_samples, prompt=None) -> str:
+        """The limits here and the expected wait (prompt read + sampling) at this model's measured speeds."""
+        prompt_s = audio_io.duration(prompt) if prompt else 0.0
+        est = services.estimate_seconds(self.settings, model_id, float(seconds or 0), int(n_samples or 1),
+                                        prompt_seconds=prompt_s)
         st = self.settings
         cap = f"Length limit here: {st.max_seconds:g} s, up to {st.max_samples} samples."
+        if services.warming_up():
+            return (f"{cap} **Preparing the generation engine** (compiling kernels once after install, about "
+                    "20 s); a Generate click now waits for it.")
         if est is None:
             return f"{cap} The first request also loads (and compiles) the model."
         about = "under a second" if est < 1 else f"about {est:.0f} s"
-        return f"{cap} Sampling time at this model's last measured speed: {about} (+ reading the prompt)."
+        what = f"reading the {prompt_s:.1f}-s prompt and sampling" if prompt_s else "sampling"
+        return f"{cap} Expected time for {what}, at this model's last measured speed: {about}."
 
-    @staticmethod
-    def roll_seed(random_seed: bool, seed):
-        """A fresh seed when 'random' is ticked, else the one shown (so it can be reused)."""
-        if random_seed or seed is None or seed < 0:
-            return secrets.randbelow(2**31 - 1)
-        return int(seed)
+    def warmup_tick(self, model_id, seconds, n_samples, prompt):
+        """Timer while the engine compiles at start-up: refresh the hint, stop ticking once it is ready."""
+        return self.estimate(model_id, seconds, n_samples, prompt), gr.Timer(active=services.warming_up())
 
     def _run(self, model_id, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples, seed,
              request: gr.Request | None, progress, continue_only: bool):
@@ -107,14 +118,45 @@ class GenerateHandlers:
             gr.Warning(warning)
         return result["files"], result
 
-    def generate(self, model, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples, seed,
-                 request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
-        """Generate n_samples clips (prompt optional; seed -1 = random). Returns (files, results JSON)."""
+    def generate(self, model, prompt=None, trim_start=0.0, trim_end=0.0, temperature=1.0, top_p=1.0, seconds=1.0,
+                 n_samples=1, seed=-1, request: gr.Request = None, progress=gr.Progress()):  # noqa: B008
+        """Generate n_samples clips after an optional prompt (seed -1 = random; the seed used is in the
+        results). Returns (files, results JSON)."""
         return self._run(model, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples, seed,
                          request, progress, continue_only=False)
 
-    def continue_clip(self, model, audio, temperature, top_p, seconds, n_samples, seed,
-                      request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
+    def generate_from_page(self, model, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples, seed,
+                           random_seed, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        """The Generate button: a fresh random seed when ticked, else the one in the box. The seed box is
+        only ever set from a result (by render), so it always shows the seed of the audio shown.
+        Returns (files, results JSON, summary line): the progress bar shows on the summary, in view."""
+        session = request.session_hash if request is not None and request.session_hash else ""
+        try:
+            files, result = self._run(model, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples,
+                                      -1 if random_seed else seed, request, progress, continue_only=False)
+        finally:
+            services.SESSIONS.click_done(session)
+        return files, result, self._summary(result)
+
+    @staticmethod
+    def busy_note(request: gr.Request) -> None:
+        """Runs on every Generate click: says so when this page's previous generation is still running
+        (the browser then drops the click)."""
+        if not services.SESSIONS.click(request.session_hash or ""):
+            gr.Warning("A generation is already running on this page: wait for it to finish, or press Stop.")
+
+    def check_prompt(self, prompt) -> None:
+        """On upload / recording: read the clip now, so a file that is not usable audio is reported at once."""
+        if not prompt:
+            return
+        try:
+            gr.Info(services.check_prompt(self.settings, prompt))
+        except audio_io.AudioInputError as exc:
+            log.info("refused prompt upload: %s", str(exc)[:200])
+            gr.Warning(services.redact(self.settings, str(exc)))
+
+    def continue_clip(self, model, audio, temperature=1.0, top_p=1.0, seconds=1.0, n_samples=1, seed=-1,
+                      request: gr.Request = None, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
         """Continue an uploaded clip (required). Returns (files, results JSON)."""
         return self._run(model, audio, 0.0, 0.0, temperature, top_p, seconds, n_samples, seed, request,
                          progress, continue_only=True)
@@ -127,7 +169,8 @@ class GenerateHandlers:
             gr.Warning("Nothing is being generated right now.")
 
     def render(self, results, files):
-        """(results JSON, its files) -> updates for the summary and every result slot."""
+        """(results JSON, its files) -> updates for the summary, every result slot and the seed box (the seed
+        of the audio shown)."""
         samples = (results or {}).get("samples") or []
         out = [self._summary(results) if samples else EMPTY_RESULTS]
         for i in range(MAX_SLOTS):
@@ -145,6 +188,7 @@ class GenerateHandlers:
             title = (f"**Result {i + 1}** · seed {results['seed']} · NLL {samples[i]['nll_bits']:.3f} "
                      f"bits/sample (generated part) · {len(audio) / sr:.2f} s")
             out += [gr.Group(visible=True), title, str(wav), fig, [str(wav), str(params)]]
+        out.append(results["seed"] if samples else gr.skip())
         return out
 
     @staticmethod
@@ -165,14 +209,17 @@ class GenerateHandlers:
         return path, 0.0, 0.0
 
     def example(self, prompt, trim_start, trim_end, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
-        """Continuation of an example prompt by the first shipped model (cached after the first click)."""
+        """Continuation of an example prompt by the shipped model trained on its kind of audio (cached after
+        the first click). Returns (files, results JSON, that model's id for the picker)."""
         shipped = [c for c in services.list_models(self.settings) if c["shipped"]]
         if not shipped:
             raise user_error("No shipped model is available for the examples.", "example")
-        result = call(services.generate_clips, self.settings, shipped[0]["id"], prompt, trim_start=trim_start,
+        wanted = EXAMPLE_DATA.get(Path(str(prompt)).name)
+        card = next((c for c in shipped if c.get("dataset") == wanted), shipped[0])
+        result = call(services.generate_clips, self.settings, card["id"], prompt, trim_start=trim_start,
                       trim_end=trim_end, seconds=min(1.0, self.settings.max_seconds), seed=0,
                       progress=lambda frac, msg: progress(frac, desc=msg))
-        return result["files"], result
+        return result["files"], result, card["id"]
 
 
 def build(settings: services.Settings) -> dict:
@@ -185,7 +232,7 @@ def build(settings: services.Settings) -> dict:
                 model = gr.Dropdown(label="Model", choices=[(services.model_label(c), c["id"]) for c in cards],
                                     value=cards[0]["id"] if cards else None, allow_custom_value=True, scale=5,
                                     elem_id="model-picker")
-                refresh = gr.Button("↻", scale=0, min_width=44, size="sm", elem_id="refresh-models")
+                refresh = gr.Button("Refresh", scale=0, min_width=80, size="sm", elem_id="refresh-models")
             card = gr.Markdown(h.model_card(cards[0]["id"] if cards else None), elem_classes=["model-card"])
             prompt = gr.Audio(label="Prompt (optional: upload or record)", sources=["upload", "microphone"],
                               type="filepath", elem_id="prompt-audio")
@@ -195,13 +242,16 @@ def build(settings: services.Settings) -> dict:
             with gr.Accordion("Sampling", open=True):
                 temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (nucleus)")
-                seconds = gr.Slider(0.01, settings.max_seconds, value=min(0.5, settings.max_seconds),
-                                    step=0.01, label="Length (s)", elem_id="length-slider")
-                n_samples = gr.Slider(1, settings.max_samples, value=1, step=1, label="Number of samples")
+                seconds = gr.Slider(0.01, settings.max_seconds, value=min(0.5, settings.max_seconds), step=0.01,
+                                    label=f"Length (s, at most {settings.max_seconds:g} here)", elem_id="length-slider")
+                n_samples = gr.Slider(1, settings.max_samples, value=1, step=1,
+                                      label=f"Number of samples (at most {settings.max_samples})")
                 with gr.Row(equal_height=True):
                     seed = gr.Number(label="Seed", value=-1, precision=0, minimum=-1, elem_id="seed")
-                    random_seed = gr.Checkbox(label="New random seed each time", value=True)
-            estimate = gr.Markdown(h.estimate(None, 0.5, 1), elem_classes=["hint"])
+                    random_seed = gr.Checkbox(label="New random seed each time (the box shows the last one used)",
+                                              value=True)
+            estimate = gr.Markdown(h.estimate(None, 0.5, 1), elem_classes=["hint"], elem_id="estimate")
+            warmup_timer = gr.Timer(1.0, active=services.warming_up())
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
@@ -224,7 +274,7 @@ def build(settings: services.Settings) -> dict:
             with gr.Accordion("All files and details", open=False):
                 all_files = gr.File(label="All results", file_count="multiple", interactive=False)
                 results = gr.JSON(label="Results (JSON)", open=False)
-            api_continue = gr.Button(visible=False)
+            api_generate, api_continue = gr.Button(visible=False), gr.Button(visible=False)
 
     with examples_box:
         rows = [[str(ASSETS / f), 0.0, 0.0] for f, _ in EXAMPLES if (ASSETS / f).is_file()]
@@ -232,7 +282,8 @@ def build(settings: services.Settings) -> dict:
         if rows:  # with a shipped model, clicking an example shows its continuation, generated once
             gr.Examples(rows, inputs=[prompt, trim_start, trim_end], label="Example prompts",
                         example_labels=[d for f, d in EXAMPLES if (ASSETS / f).is_file()],
-                        fn=h.example if shipped else None, outputs=[all_files, results] if shipped else None,
+                        fn=h.example if shipped else None,
+                        outputs=[all_files, results, model] if shipped else None,
                         cache_examples=shipped, cache_mode="lazy" if shipped else None,
                         api_name="example", api_visibility="undocumented")
 
@@ -241,18 +292,27 @@ def build(settings: services.Settings) -> dict:
     refresh.click(h.model_picker, [model], [model, card], api_name="refresh_models", queue=False)
     model.change(h.model_card, [model], [card], api_name="model_card", queue=False)
     model.change(h.sampling_defaults, [model], [temperature, top_p], api_name="sampling_defaults", queue=False)
-    for comp in (model, seconds, n_samples):
-        comp.change(h.estimate, [model, seconds, n_samples], [estimate], api_visibility="undocumented",
+    estimate_inputs = [model, seconds, n_samples, prompt]
+    for comp in (model, seconds, n_samples, prompt):
+        comp.change(h.estimate, estimate_inputs, [estimate], api_visibility="undocumented",
                     queue=False, show_progress="hidden")
-    go = generate_btn.click(h.roll_seed, [random_seed, seed], [seed], api_name="roll_seed", queue=False,
-                            api_visibility="undocumented")
-    go.then(h.generate, gen_inputs, [all_files, results], api_name="generate", scroll_to_output=True,
-            **limits).then(h.estimate, [model, seconds, n_samples], [estimate], queue=False,
-                           api_visibility="undocumented")
+    warmup_timer.tick(h.warmup_tick, estimate_inputs, [estimate, warmup_timer], api_visibility="undocumented",
+                      queue=False, show_progress="hidden")
+    generate_btn.click(h.busy_note, None, None, api_name="busy_note", api_visibility="undocumented",
+                       concurrency_limit=None, concurrency_id="notes", show_progress="hidden")
+    generate_btn.click(h.generate_from_page, [*gen_inputs, random_seed], [all_files, results, summary],
+                       api_name="generate_from_page", api_visibility="undocumented", scroll_to_output=True,
+                       **limits).then(h.estimate, estimate_inputs, [estimate], queue=False,
+                                      api_visibility="undocumented")
+    api_generate.click(h.generate, gen_inputs, [all_files, results], api_name="generate", **limits)
+    prompt.upload(h.check_prompt, [prompt], None, api_name="check_prompt", api_visibility="undocumented",
+                  concurrency_limit=None, concurrency_id="notes", show_progress="hidden")
+    prompt.stop_recording(h.check_prompt, [prompt], None, api_visibility="undocumented",
+                          concurrency_limit=None, concurrency_id="notes", show_progress="hidden")
     api_continue.click(h.continue_clip, [model, prompt, temperature, top_p, seconds, n_samples, seed],
                        [all_files, results], api_name="continue", **limits)
     stop_btn.click(h.stop, None, None, api_name="stop", queue=False)
-    results.change(h.render, [results, all_files], [summary, *slot_outputs], api_name="render_results",
+    results.change(h.render, [results, all_files], [summary, *slot_outputs, seed], api_name="render_results",
                    api_visibility="undocumented", show_progress="hidden")
     for i, (_, cont) in enumerate(slots):
         cont.click(h.result_as_prompt, [results, all_files, gr.State(i)], [prompt, trim_start, trim_end],

@@ -29,11 +29,14 @@ from playground.listening.config import (
     TestSpec,
     scales_from_table,
 )
+from playground.listening.results import counted
 from playground.ui_generate import user_error
 
 log = logging.getLogger(__name__)
 RATE_PATH = "rate"
 STORAGE_KEY = "sashimi-listening-raters"
+RATER_OUTPUTS = 7 + MAX_SCALES + 7  # the rater page's outputs: see build_rater_page
+RATER_HINT = 7 + MAX_SCALES + 1  # ... and the hint line among them
 SCALE_HEADERS = ["id", "label", "question", "anchors 1..5 (comma-separated)"]
 ANCHOR_CHOICES = [("No anchor", "none"), ("White noise", "noise"), ("First model at temperature 2.0", "temperature")]
 TEACHER_HELP = """\
@@ -132,7 +135,7 @@ class TeacherHandlers:
             return text, gr.Timer(active=True), gr.skip(), gr.skip(), gr.skip()
         text = f"**{status['state']}** — {status['message']}"
         if status["state"] == "ready":
-            text = f"✅ {status['message']} Join code **{status.get('code', '')}**."
+            text = f"**Ready.** {status['message']} Join code **{status.get('code', '')}**."
         return (text, gr.Timer(active=False), self._picker(test_id), *self.test_info(password, test_id, request))
 
     def cancel_build(self, password, test_id, request: gr.Request) -> str:
@@ -154,8 +157,9 @@ class TeacherHandlers:
         text = (f"## Join code: `{o['code']}`\n\nRaters open "
                 + " or ".join(f"[{u}]({u})" for u in links)
                 + " (phones work; the app must be started with `--host 0.0.0.0` for other devices).\n\n"
-                f"{o['n_clips']} clips · {o['n_systems']} systems · {o['joined']} raters joined, "
-                f"{o['finished']} finished · {o['n_ratings']} ratings.")
+                f"{counted(o['n_clips'], 'clip')} · {counted(o['n_systems'], 'system')} · "
+                f"{counted(o['joined'], 'rater')} joined, {o['finished']} finished · "
+                f"{counted(o['n_ratings'], 'rating')}.")
         return text, gr.Checkbox(value=o["open"], interactive=True)
 
     def set_open(self, password, test_id, is_open, request: gr.Request) -> str:
@@ -175,8 +179,9 @@ class TeacherHandlers:
         out = call(results.export_folder, export_base(), test_id)
         files = call(results.export, folder, summary, out)
         r = summary["raters"]
-        info = (f"**{summary['n_ratings_kept']}** ratings used of {summary['n_ratings']} · {r['joined']} raters "
-                f"joined, {r['finished']} finished · **{len(r['excluded'])}** excluded by gold checks "
+        info = (f"**{summary['n_ratings_kept']}** ratings used of {summary['n_ratings']} · "
+                f"{counted(r['joined'], 'rater')} joined, {r['finished']} finished · "
+                f"**{len(r['excluded'])}** excluded by gold checks "
                 f"(more than {r['gold_tolerance']} failed) · **{results.flag_note(summary)}**. Pairwise: paired "
                 "t-tests on per-rater means, Holm-Bonferroni corrected per scale.\n" + results.flagged_list(summary))
         return (info, results.summary_rows(summary), results.pairwise_rows(summary),
@@ -250,7 +255,7 @@ def build_listen_tab(ctx=None, builds: BuildRegistry | None = None) -> dict:
             with gr.Row(equal_height=True):
                 picker = gr.Dropdown(label="Test", choices=[], scale=4, allow_custom_value=True,
                                      elem_id="listen-test-picker")
-                refresh = gr.Button("↻", size="sm", scale=0, min_width=60)
+                refresh = gr.Button("Refresh", size="sm", scale=0, min_width=80)
             test_md = gr.Markdown(elem_id="listen-test-info")
             with gr.Row():
                 is_open = gr.Checkbox(label="Accepting ratings", value=True)
@@ -325,7 +330,7 @@ class RaterHandlers:
                     "height:6px;border-radius:3px;background:var(--color-accent)'></div></div></div>")
         done = (f"## Thank you!\n\nYou rated all {screen.total} clips of **{screen.title}**. You can close this "
                 "page.") if screen.finished else ""
-        hint = "" if screen.finished else (screen.message or "▶ Play the clip to the end, then answer and press "
+        hint = "" if screen.finished else (screen.message or "Play the clip to the end, then answer and press "
                                                                "**Submit**.")
         return (gr.Column(visible=False), gr.Column(visible=not screen.finished), done, f"# {screen.title}",
                 progress, screen.instructions if screen.position == 1 else "",
@@ -352,28 +357,55 @@ class RaterHandlers:
                 code, "", "", store or {}, code)
 
     def join(self, code, store, request: gr.Request):
-        """Join with a code (resuming this browser's rater for that code when there is one)."""
+        """Join with a code (resuming this browser's rater for that code when there is one). A refused join
+        (unknown code, closed test, limits) shows its message under the code box and leaves the box usable."""
         code = catalog.normalize_code(code)
         agent = request.headers.get("user-agent", "") if request is not None else ""
-        screen = call(session.join, self.settings.root, code, (store or {}).get(code), agent,
-                      _host(request) or "unknown")  # every web join counts against its address's limit
+        try:
+            screen = session.join(self.settings.root, code, (store or {}).get(code), agent,
+                                  _host(request) or "unknown")  # every web join counts against its address
+        except ListeningError as exc:
+            log.info("refused join: %s", str(exc)[:200])
+            return self._join_screen(code, store, f"**{exc}**")
         return self._render(screen, store)
 
     def played(self, code, rater_id, clip_id):
         """The player started: record it (server time) and allow Submit."""
-        call(session.played, self.settings.root, code, rater_id, clip_id, "play")
+        try:
+            session.played(self.settings.root, code, rater_id, clip_id, "play")
+        except ListeningError as exc:
+            return gr.skip(), f"**{exc}**"
         return gr.Button(interactive=True), "Answer every question, then press **Submit**."
 
     def paused(self, code, rater_id, clip_id) -> None:
-        call(session.played, self.settings.root, code, rater_id, clip_id, "pause")
+        self._player_event(code, rater_id, clip_id, "pause")
 
     def ended(self, code, rater_id, clip_id) -> None:
-        call(session.played, self.settings.root, code, rater_id, clip_id, "stop")
+        self._player_event(code, rater_id, clip_id, "stop")
+
+    def _player_event(self, code, rater_id, clip_id, kind: str) -> None:
+        try:
+            session.played(self.settings.root, code, rater_id, clip_id, kind)
+        except ListeningError as exc:  # nothing to show: the next Submit says what is missing
+            log.info("refused %s event: %s", kind, str(exc)[:200])
 
     def rate(self, code, rater_id, clip_id, store, score_1=None, score_2=None, score_3=None, score_4=None):
-        """Store this clip's scores (score_i answers the test's i-th scale) and show the next clip."""
+        """Store this clip's scores (score_i answers the test's i-th scale) and show the next clip. A refused
+        answer (too early, a question unanswered) keeps the clip, the answers and Submit, and says why."""
         scores = [score_1, score_2, score_3, score_4][:MAX_SCALES]
-        return self._render(call(session.rate, self.settings.root, code, rater_id, clip_id, scores), store)
+        try:
+            screen = session.rate(self.settings.root, code, rater_id, clip_id, scores)
+        except ListeningError as exc:
+            log.info("refused rating: %s", str(exc)[:200])
+            return self._message_only(f"**{exc}**")
+        return self._render(screen, store)
+
+    @staticmethod
+    def _message_only(message: str) -> tuple:
+        """Updates for the rater outputs that change only the hint line (every other component as it is)."""
+        out = [gr.skip()] * RATER_OUTPUTS
+        out[RATER_HINT] = message
+        return tuple(out)
 
 
 # The rater page hides the navbar (no link to the playground); gr.Navbar(visible=False) does not hide it in 6.31.
@@ -410,6 +442,7 @@ def build_rater_page(demo: gr.Blocks, ctx=None, path: str = RATE_PATH) -> dict:
             done = gr.Markdown(elem_id="listen-done")
         outputs = [join_col, rate_col, done, title, progress, instructions, audio, *radios, submit, hint, code_box,
                    rater_box, clip_box, store, code]
+        assert len(outputs) == RATER_OUTPUTS and outputs[RATER_HINT] is hint
         demo.load(h.on_load, [store], outputs, api_name="rater_load", queue=False)
         join.click(h.join, [code, store], outputs, api_name="join", queue=False)
         code.submit(h.join, [code, store], outputs, api_name="join_enter", api_visibility="undocumented",

@@ -27,7 +27,7 @@ class ModelsHandlers:
 
     def list_models(self) -> list[dict]:
         """Every shipped checkpoint and user run with its card (JSON)."""
-        return services.list_models(self.settings)
+        return services.client_cards(self.settings)
 
     def table(self, current=None):
         """(table rows, picker update, picked id): current stays picked while it exists."""
@@ -42,7 +42,7 @@ class ModelsHandlers:
         try:
             card = services.find_model(self.settings, model_id)
         except ValueError as exc:
-            return f"⚠️ {exc}"
+            return f"**Cannot use this model:** {services.redact(self.settings, str(exc))}"
         text = card["card"]
         if text.startswith("---"):  # YAML front matter: shown by the Hub, noise here
             text = text.split("\n---", 1)[-1].lstrip("-\n")
@@ -86,7 +86,7 @@ def build(settings: services.Settings) -> dict:
     h = ModelsHandlers(settings)
     with gr.Row(equal_height=True):
         gr.Markdown("Shipped checkpoints (`checkpoints/`) and your runs (`runs/`, finished or in progress).")
-        refresh = gr.Button("↻ Refresh", size="sm", scale=0, min_width=110)
+        refresh = gr.Button("Refresh", size="sm", scale=0, min_width=90)
     table = gr.Dataframe(headers=list(services.TABLE_HEADERS), interactive=False, wrap=True,
                          elem_id="models-table")
     with gr.Row(equal_height=False):

@@ -141,7 +141,7 @@ def build(settings: services.Settings, timer: gr.Timer, models_signal: gr.Textbo
     h = TrainHandlers(settings)
     presets = list(settings.train_presets or PRESETS)
     if not settings.training:
-        gr.Markdown("⚠️ Training is turned off on this public server (it would share one CPU with everyone). "
+        gr.Markdown("**Note:** Training is turned off on this public server (it would share one CPU with everyone). "
                     "Run the app locally (`python app.py`) to train; finished runs can be uploaded as "
                     "checkpoints.", elem_classes=["notice"])
     elif settings.max_train_steps:

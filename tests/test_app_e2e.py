@@ -110,3 +110,47 @@ def test_bad_upload_shows_error_and_app_recovers(page_on_app, tmp_path):
     _clear_prompt(page)
     page.locator("#generate-btn").click()  # no prompt: unconditional, and the app still works
     page.get_by_text("no prompt").first.wait_for(timeout=240_000)
+
+
+def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(page_on_app):
+    """A long generation shows its progress on the results summary (in view, not in the collapsed details);
+    a second Generate click says a generation is already running; the seed box always holds the seed of the
+    audio shown, so unticking 'New random seed' reproduces it."""
+    page, tmp = page_on_app
+    page.get_by_role("tab", name="Generate").click()
+    _clear_prompt(page)
+    length = page.locator("#length-slider input[type=number]")
+    length.fill("30")
+    length.press("Enter")
+    seed_box = page.locator("#seed input")
+    before = seed_box.input_value()
+    page.locator("#generate-btn").click()
+    page.locator("#results-summary").get_by_text(re.compile(r"\d+ × [\d,]+/[\d,]+ samples")).first.wait_for(
+        timeout=240_000)
+    _shot(page, tmp, "progress.png", full_page=False)
+    page.locator("#generate-btn").click()
+    page.get_by_text("already running on this page").first.wait_for()
+    assert seed_box.input_value() == before  # nothing generated yet: the box is unchanged
+    page.locator("#stop-btn").click()
+    page.locator("#results-summary").get_by_text("stopped early").wait_for(timeout=120_000)
+    summary = page.locator("#results-summary").inner_text()
+    used = re.search(r"seed (\d+)", summary).group(1)
+    page.wait_for_function(f"() => document.querySelector('#seed input').value === '{used}'")
+    page.get_by_text("New random seed each time").click()  # untick: the next run reuses the seed shown
+    length.fill("0.05")
+    length.press("Enter")
+    page.locator("#generate-btn").click()
+    page.wait_for_function("() => !document.querySelector('#results-summary').innerText.includes('stopped')",
+                           timeout=240_000)
+    assert re.search(r"seed (\d+)", page.locator("#results-summary").inner_text()).group(1) == used
+
+
+def test_non_audio_upload_is_reported_on_upload(page_on_app, tmp_path):
+    page, tmp = page_on_app
+    page.get_by_role("tab", name="Generate").click()
+    notes = tmp_path / "upload-notes.wav"
+    notes.write_text("not audio either\n" * 50)
+    _clear_prompt(page)
+    page.locator("#prompt-audio input[type=file]").set_input_files(str(notes))
+    page.get_by_text("is not an audio file we can read").first.wait_for()  # before any Generate click
+    _clear_prompt(page)

@@ -128,3 +128,49 @@ def test_two_raters_complete_a_test_and_the_teacher_sees_the_summary(tmp_path):
             browser.close()
     finally:
         app.stop()
+
+
+def test_rater_refusals_show_their_message_and_keep_the_page_usable(tmp_path):
+    """A wrong code and a Submit right after Play are refused with the server's message on the page; the code
+    box, the player, the answers and Submit stay usable, and the same clip is then rated normally."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from playground.listening import catalog
+    from playground.listening.builder import build_test
+    from playground.listening.config import Scale, TestSpec
+
+    ck = make_checkpoints(tmp_path / "ck", names=("solo",))
+    spec = TestSpec(title="Refusals", kind="custom", models=["solo"], clips_per_system=2, clip_seconds=1.5,
+                    scales=[Scale("overall", "Overall", "How good is it?")])
+    root = tmp_path / "listening"
+    code = catalog.read_manifest(build_test(spec, root, model_roots=[(ck, True)]))["code"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SASHIMI_LISTENING_DIR", str(root))
+        app = LaunchedApp(tmp_path, tmp_path / "runs", tmp_path / "shipped")
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.set_default_timeout(60_000)
+            page.goto(f"{app.url}rate")
+            box = page.locator("#listen-code input, #listen-code textarea").first
+            box.fill("ZZZZZZ")
+            page.locator("#listen-join").click()
+            page.locator("#listen-hint").filter(has_text="No open test").wait_for()
+            _shot(page, tmp_path, "rater-wrong-code.png")
+            box.fill(code)  # the same box and button still work
+            page.locator("#listen-join").click()
+            page.locator("#listen-progress b").filter(has_text="1 /").wait_for()
+            page.locator("#listen-audio button.play-pause-button").click()
+            page.locator("#listen-submit:not([disabled])").wait_for()
+            page.locator("#listen-scale-0 label").nth(2).click()
+            page.locator("#listen-submit").click()  # well before 1.5 s of listening
+            page.locator("#listen-hint").filter(has_text="Listen to").wait_for()
+            _shot(page, tmp_path, "rater-early-submit.png")
+            assert page.locator("#listen-progress b").inner_text().startswith("1 /")
+            assert page.locator(".error").count() == 0  # no component is covered by an error badge
+            page.wait_for_timeout(2000)  # the clip has played to the end by now
+            page.locator("#listen-submit").click()
+            page.locator("#listen-progress b").filter(has_text="2 /").wait_for()
+            browser.close()
+    finally:
+        app.stop()

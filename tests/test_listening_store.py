@@ -68,6 +68,9 @@ def test_listening_time():
     assert listening_time([("play", 0.0)], 10.0, 3.0) == 3.0  # still playing at submit: capped at the clip
     assert listening_time([("play", 0.0), ("play", 1.0), ("pause", 1.5)], 4.0, 2.0) == 1.5  # replay
     assert listening_time([("pause", 0.0)], 1.0, 1.0) == 0.0
+    assert listening_time([("play", 0.0), ("stop", 3.5)], 4.0, 2.0) == 2.0  # a late stop event: capped
+    assert listening_time([("play", 0.0), ("stop", 2.0), ("play", 2.5), ("stop", 4.5)], 5.0, 2.0) == 2.0  # replay
+    assert listening_time([("play", 0.0), ("stop", 3.5)], 4.0, 0.0) == 3.5  # no clip length: uncapped
 
 
 def test_30_concurrent_raters_lose_nothing(tmp_path):

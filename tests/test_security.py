@@ -29,7 +29,7 @@ SECRET = "s3cret-teacher-pw-for-the-attack-tests"
 READERS = {
     "list_models", "model_card", "model_readme", "model_quality", "sampling_defaults", "refresh_models",
     "load_models", "refresh", "refresh_1", "refresh_2", "refresh_3", "estimate", "estimate_1", "estimate_2",
-    "estimate_3", "roll_seed", "render_results",
+    "estimate_3", "estimate_4", "warmup_tick", "render_results", "busy_note", "check_prompt", "check_prompt_1",
     "datasets", "runs", "training_status", "poll_training", "load_example_input", "lambda",
     *(f"continue_result_{i}" for i in range(1, 9)),
     # teacher tools that only read (each refuses without the password anyway)
@@ -37,8 +37,8 @@ READERS = {
     "listen_results", "listen_results_live", "listen_build_status", "listen_live", "listen_custom_scales",
 }
 # Writes meant for anonymous visitors: temporary result files of their own, their own Stop, a rater's answers.
-VISITOR_WRITERS = {"generate", "continue", "example", "stop", "rater_load", "join", "join_enter", "played",
-                   "paused", "ended", "rate"}
+VISITOR_WRITERS = {"generate", "generate_from_page", "continue", "example", "stop", "rater_load", "join",
+                   "join_enter", "played", "paused", "ended", "rate"}
 # Writers that a public server must refuse, whatever the UI shows: name -> the refusal's wording.
 GATED_WRITERS = {
     "start_training": "turned off on this public server", "stop_training": "turned off on this public server",

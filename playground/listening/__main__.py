@@ -83,7 +83,8 @@ def cmd_summarize(args) -> int:
     print()
     print(_text_table(results.PAIRWISE_HEADERS, results.pairwise_rows(summary)))
     r = summary["raters"]
-    print(f"\n{summary['n_ratings']} ratings, {r['joined']} raters joined, {r['finished']} finished, "
+    print(f"\n{results.counted(summary['n_ratings'], 'rating')}, {results.counted(r['joined'], 'rater')} joined, "
+          f"{r['finished']} finished, "
           f"{len(r['excluded'])} excluded by gold checks (tolerance {r['gold_tolerance']}), "
           f"{results.flag_note(summary)}.")
     print(results.flagged_list(summary), end="")

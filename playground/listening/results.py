@@ -37,6 +37,11 @@ SAME_SCORES_MIN_CLIPS = 5  # flag: the same scores on every clip, over at least 
 EXPORT_MAX_AGE_S = 3600.0
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 rater', '2 raters', '0 raters' (regular English plurals only)."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def gold_check(manifest: dict, ratings: list[dict]) -> dict[str, dict]:
     """Per rater: {checked, failed} over the gold clips they rated."""
     rules = {c["id"]: c["gold"] for c in manifest["clips"] if c.get("gold")}
@@ -216,7 +221,7 @@ def markdown(summary: dict, ci: str = "t") -> str:
     n = summary["raters"]
     lines.append("")
     lines.append(f"MOS ± {int(summary['level'] * 100)}% CI ({kind}); {summary['n_ratings_kept']} ratings from "
-                 f"{n['counted']} rater{'' if n['counted'] == 1 else 's'} ({len(n['excluded'])} excluded by gold "
+                 f"{counted(n['counted'], 'rater')} ({len(n['excluded'])} excluded by gold "
                  f"checks; {flag_note(summary)}).")
     return "\n".join(lines) + "\n" + flagged_list(summary)
 

@@ -277,8 +277,9 @@ def close_thread_connections() -> None:
 
 
 def listening_time(events: Sequence, submitted: float, clip_seconds: float) -> float:
-    """Seconds of playback from (event, t) rows sorted by t: each play runs until the next pause/stop; a
-    play still running at submission counts until then, but at most clip_seconds (when > 0)."""
+    """Seconds of playback from (event, t) rows sorted by t: each play runs until the next pause/stop (or
+    the submission); the total is capped at clip_seconds (when > 0): how much of the clip was heard, which
+    a late stop event or a replay cannot push past the clip's length."""
     total, started = 0.0, None
     for event, t in events:
         if event == "play":
@@ -289,6 +290,6 @@ def listening_time(events: Sequence, submitted: float, clip_seconds: float) -> f
             total += t - started
             started = None
     if started is not None:
-        tail = submitted - started
-        total += min(tail, clip_seconds) if clip_seconds > 0 else tail
-    return max(0.0, total)
+        total += submitted - started
+    total = max(0.0, total)
+    return min(total, clip_seconds) if clip_seconds > 0 else total
