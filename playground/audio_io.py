@@ -208,6 +208,11 @@ def write_wav(path, audio: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] -> int16 PCM (clipped)."""
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16)
+
+
 def load_wav(path) -> tuple[int, np.ndarray]:
     """Read a result WAV back as (sample_rate, mono float32)."""
     audio, sr = sf.read(str(path), dtype="float32", always_2d=True)

@@ -11,7 +11,6 @@ Training and data set jobs, deleting runs and importing reference backbones are 
 """
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
@@ -20,153 +19,31 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from playground import audio_io
+from playground.registry import (  # noqa: F401 - the service layer's model API, used by the UI and jobs
+    TABLE_HEADERS,
+    client_cards,
+    describe_model,
+    find_model,
+    list_models,
+    model_label,
+    model_table,
+    redact,
+    shown_path,
+)
+from playground.settings import NAME_RE, ROOT, ServiceError, Settings, process_temp_dir  # noqa: F401
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-@cache
-def process_temp_dir(purpose: str) -> Path:
-    """A private temp folder (mode 0700) of this process for `purpose`, removed when the process exits:
-    two app instances on one machine never share (or clean) each other's files."""
-    folder = Path(tempfile.mkdtemp(prefix=f"sashimi-{purpose}-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
-
-
-class ServiceError(ValueError):
-    """A request the playground refuses; the message says why and what to do instead."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Limits and folders for one app instance. ``Settings.create(public=True)`` is the Space profile."""
-
-    public: bool = False
-    max_seconds: float = 30.0  # longest continuation a request may ask for
-    max_samples: int = 8  # samples per request
-    max_prompt_seconds: float = 60.0  # prompt length after trimming
-    max_upload_mb: int = 200  # Gradio rejects bigger uploads before they reach us
-    concurrency: int = 2  # generation requests running at once (the rest wait in the queue)
-    queue_size: int | None = None  # waiting requests before new ones are refused
-    max_wall_s: float | None = None  # generation stops (with partial results) after this long
-    training: bool = True  # Train tab may start processes
-    max_train_steps: int | None = None  # cap on --steps when training is limited
-    train_presets: tuple[str, ...] | None = None  # allowed presets (None = all)
-    checkpoints_dir: Path = ROOT / "checkpoints"  # shipped models (never deleted)
-    runs_dir: Path = Path("runs")  # user runs (env SASHIMI_RUNS)
-    data_dir: Path = Path("data")  # data sets (env SASHIMI_DATA)
-    output_dir: Path = field(default_factory=lambda: process_temp_dir("playground"))  # results, cleaned
-    output_max_age_s: float = 3600.0
-
-    @classmethod
-    def create(cls, public: bool | None = None, **overrides) -> Settings:
-        """Settings from the environment: public when ``public`` or env SPACE_ID is set; SASHIMI_RUNS,
-        SASHIMI_DATA, SASHIMI_CHECKPOINTS pick the folders; SASHIMI_PUBLIC_TRAINING=1 allows limited training
-        in public mode."""
-        public = bool(os.environ.get("SPACE_ID")) if public is None else public
-        base = dict(runs_dir=Path(os.environ.get("SASHIMI_RUNS", "runs")),
-                    data_dir=Path(os.environ.get("SASHIMI_DATA", "data")),
-                    checkpoints_dir=Path(os.environ.get("SASHIMI_CHECKPOINTS", ROOT / "checkpoints")))
-        if public:
-            limited = os.environ.get("SASHIMI_PUBLIC_TRAINING") == "1"
-            base.update(public=True, max_seconds=2.0, max_samples=2, max_prompt_seconds=10.0, max_upload_mb=5,
-                        concurrency=1, queue_size=16, max_wall_s=300.0, training=limited,
-                        max_train_steps=200 if limited else None,
-                        train_presets=("sashimi-tiny",) if limited else None, output_max_age_s=1800.0)
-        base.update(overrides)
-        return cls(**base)
-
-
-# ---------------------------------------------------------------------------------------------- registry
-def _roots(settings: Settings) -> list[tuple[Path, bool]]:
-    return [(Path(settings.checkpoints_dir), True), (Path(settings.runs_dir), False)]
-
-
-def shown_path(settings: Settings, path) -> str:
-    """A server path as users may see it: as is locally; in public mode relative to the folder it lives in
-    ("checkpoints/piano-synth", "runs/my-run/checkpoint"), never the server's absolute layout."""
-    return redact(settings, str(path))
-
-
-def redact(settings: Settings, text: str) -> str:
-    """text with the server's folders (checkpoints, runs, data, outputs, this checkout) replaced by short
-    names in public mode; unchanged locally."""
-    if not settings.public:
-        return text
-    folders = [(settings.checkpoints_dir, "checkpoints"), (settings.runs_dir, "runs"), (settings.data_dir, "data"),
-               (settings.output_dir, "outputs"), (ROOT, "."), (Path.home(), "~")]
-    pairs = sorted(((str(Path(f).resolve()), name) for f, name in folders), key=lambda x: -len(x[0]))
-    for folder, name in pairs:
-        if len(folder) > 1:
-            text = text.replace(folder, name)
-    return text
-
-
-def list_models(settings: Settings) -> list[dict]:
-    """Cards of every generative checkpoint: shipped ones first, then user runs (incl. runs/<name>/checkpoint/).
-
-    Each card: id (unique name used by every other call), name, checkpoint (folder), run_dir, path (the folder
-    as users see it: see shown_path), shipped, architecture, n_parameters, dataset, nll_bits, sample_rate,
-    quantization, steps, and the README text."""
-    from sashimi_core import list_checkpoints
-
-    cards, seen = [], set()
-    for entry in list_checkpoints(_roots(settings)):
-        cfg, meta = entry["config"], entry.get("metadata") or {}
-        if "n_tokens" not in cfg:  # not a token model (e.g. the SC09 digit classifier): nothing to sample
-            continue
-        model_id = entry["name"] if entry["name"] not in seen else f"runs/{entry['name']}"
-        seen.add(model_id)
-        path = Path(entry["path"])
-        readme = path / "README.md"
-        nll = meta.get("test_nll_bits", meta.get("val_nll_bits", meta.get("nll_bits")))
-        cards.append({
-            "id": model_id, "name": entry["name"], "checkpoint": str(path), "path": shown_path(settings, path),
-            "shipped": bool(entry["shipped"]),
-            "run_dir": str(path.parent if path.name == "checkpoint" else path),
-            "architecture": entry["architecture"], "n_parameters": entry.get("n_parameters"),
-            "dataset": meta.get("dataset"), "nll_bits": nll, "steps": meta.get("steps"),
-            "sample_rate": int(cfg.get("sample_rate", 16000)),
-            "quantization": cfg.get("quantization", "mu-law"),
-            "preset": meta.get("preset"), "d_model": cfg.get("d_model"), "n_layers": cfg.get("n_layers"),
-            "sampling": _recommended_sampling(meta),
-            "card": readme.read_text(errors="replace") if readme.is_file() else "",
-        })
-    return cards
-
-
-def client_cards(settings: Settings) -> list[dict]:
-    """list_models as API clients get it (/list_models): in public mode without server folders."""
-    cards = list_models(settings)
-    if settings.public:
-        cards = [{k: v for k, v in c.items() if k not in ("checkpoint", "run_dir")} for c in cards]
-    return cards
-
-
-def _recommended_sampling(meta: dict) -> dict | None:
-    """{"temperature", "top_p"} the model card recommends (config.json metadata "recommended_sampling", set
-    from the model's quality report), or None when absent or out of range."""
-    rec = meta.get("recommended_sampling")
-    if not isinstance(rec, dict):
-        return None
-    t, p = rec.get("temperature"), rec.get("top_p")
-    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (t, p))
-    return {"temperature": float(t), "top_p": float(p)} if ok and 0 <= t <= 2 and 0 < p <= 1 else None
 
 
 QUALITY_FILES = ("quality.md", "quality.png")  # `python -m bench quality ... --out <checkpoint>/quality.json`
@@ -180,55 +57,6 @@ def model_quality(settings: Settings, model_id: str) -> tuple[str, Path | None]:
     text = md.read_text(errors="replace") if md.is_file() else ""
     return text, publish_file(settings, png) if png.is_file() else None
 
-
-def find_model(settings: Settings, model_id: str) -> dict:
-    """The card of one model; ServiceError naming the available ones when it does not exist."""
-    if not model_id:
-        raise ServiceError("No model selected. Pick one in the model list (train one or import one first "
-                           "if the list is empty).")
-    cards = list_models(settings)
-    for card in cards:
-        if card["id"] == model_id:
-            return card
-    names = ", ".join(c["id"] for c in cards) or "none yet"
-    raise ServiceError(f"Unknown model {model_id!r}. Available models: {names}.")
-
-
-TABLE_HEADERS = ["model", "kind", "data set", "params", "NLL (bits)", "steps", "sample rate", "quantisation",
-                 "path"]
-
-
-def model_table(settings: Settings) -> list[list]:
-    """Rows (TABLE_HEADERS) for the Models tab's table."""
-    rows = []
-    for c in list_models(settings):
-        nll = c.get("nll_bits")
-        rows.append([c["id"], "shipped" if c["shipped"] else "run", c.get("dataset") or "",
-                     f"{c['n_parameters'] / 1e6:.3f}M" if c.get("n_parameters") else "",
-                     f"{nll:.3f}" if isinstance(nll, (int, float)) else "", c.get("steps") or "",
-                     c["sample_rate"], c["quantization"], c["path"]])
-    return rows
-
-
-def model_label(card: dict) -> str:
-    """One line for a model picker."""
-    params = f"{card['n_parameters'] / 1e6:.2f}M" if card.get("n_parameters") else "?"
-    nll = f" · {card['nll_bits']:.3f} bits" if isinstance(card.get("nll_bits"), (int, float)) else ""
-    where = "shipped" if card["shipped"] else "run"
-    return f"{card['id']} ({where} · {params}{nll})"
-
-
-def describe_model(card: dict) -> str:
-    """Markdown summary of a model card for the Generate tab."""
-    nll = card.get("nll_bits")
-    rows = [("data set", card.get("dataset") or "unknown"),
-            ("parameters", f"{card['n_parameters']:,}" if card.get("n_parameters") else "?"),
-            ("NLL", f"{nll:.3f} bits/sample" if isinstance(nll, (int, float)) else "not measured"),
-            ("sample rate", f"{card['sample_rate']} Hz"), ("quantisation", f"8-bit {card['quantization']}"),
-            ("source", "shipped checkpoint" if card["shipped"] else f"user run `{card['path']}`")]
-    if card.get("steps"):
-        rows.insert(3, ("training steps", f"{card['steps']:,}"))
-    return f"**{card['id']}** ({card['architecture']}) · " + " · ".join(f"{k}: {v}" for k, v in rows)
 
 
 # ------------------------------------------------------------------------------------------- model cache
@@ -498,8 +326,9 @@ def _gpu(fn):
 
 
 def _sample_impl(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: int, temperature: float,
-                 top_p: float, seed: int | None, progress, stop):
-    """Load (cached) and sample: returns (audio (k, T+n) float32 numpy, stats, prompt NLL bits or None)."""
+                 top_p: float, seed: int | None, progress, stop, on_audio=None):
+    """Load (cached) and sample: returns (audio (k, T+n) float32 numpy, stats, prompt NLL bits or None).
+    on_audio(audio (k, m) float32) receives each block of generated audio as it is made."""
     import torch
 
     from sashimi_core import decode, encode, generate
@@ -508,8 +337,10 @@ def _sample_impl(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: 
     model = MODELS.get(path, device)
     q = model.cfg.quantization
     tokens = None if prompt is None else encode(torch.from_numpy(prompt), q).to(device)  # (T,) int64
+    on_tokens = None if on_audio is None else (lambda block: on_audio(decode(block, q).numpy()))
     out, stats = generate(model, n_steps, prompt=tokens, n_samples=n_samples, temperature=temperature,
-                          top_p=top_p, seed=seed, progress=progress, stop=stop, return_stats=True)
+                          top_p=top_p, seed=seed, progress=progress, stop=stop, return_stats=True,
+                          on_tokens=on_tokens)
     prompt_nll = stats.prompt_nll_bits[0] if stats.prompt_nll_bits else None  # from the prompt's one read
     return decode(out.cpu(), q).numpy(), stats, prompt_nll
 
@@ -546,15 +377,21 @@ def generate_clips(settings: Settings, model_id: str, prompt=None, *, trim_start
                    trim_end: float = 0.0, temperature: float = 1.0, top_p: float = 1.0, seconds: float = 1.0,
                    n_samples: int = 1, seed: int | None = None, session: str = "",
                    progress: Callable[[float, str], None] | None = None,
-                   stop: Callable[[], bool] | None = None) -> dict:
+                   stop: Callable[[], bool] | None = None,
+                   on_audio: Callable[[np.ndarray], None] | None = None, until_stop: bool = False) -> dict:
     """Generate n_samples continuations of an optional prompt and write them as WAV + params JSON.
 
     prompt: None, a file path, or (sample_rate, samples); converted to the model's rate, mono, trimmed to
     [trim_start, trim_end or end]. seed None or -1 draws a random one (reported). progress(fraction,
-    message) is called per chunk; stop() (or request_stop(session)) ends early with partial results.
+    message) is called per chunk; stop() (or request_stop(session)) ends early with partial results;
+    on_audio(audio (n_samples, m) float32 at the model's rate) gets each chunk of new audio (streaming).
+    until_stop: generate until stopped, at most settings.max_open_seconds (seconds is then ignored).
     Returns a JSON-ready dict: model, seed, settings, prompt info, per-sample wav/params paths and NLL, the
     list of files, and warnings for the user."""
-    check_generation_request(settings, temperature, top_p, seconds, n_samples, seed)
+    if until_stop:
+        seconds = settings.max_open_seconds
+    check_generation_request(settings, temperature, top_p, min(float(seconds), settings.max_seconds) if until_stop
+                             else seconds, n_samples, seed)
     card = find_model(settings, model_id)
     sr = card["sample_rate"]
     prompt_audio = None
@@ -594,7 +431,8 @@ def generate_clips(settings: Settings, model_id: str, prompt=None, *, trim_start
                      if warming_up() else "loading the model and reading the prompt")
         prompt_samples = None if prompt_audio is None else prompt_audio.audio
         audio, stats, prompt_nll = _sample(card["checkpoint"], n_steps, prompt_samples, int(n_samples),
-                                           float(temperature), float(top_p), seed, on_progress, should_stop)
+                                           float(temperature), float(top_p), seed, on_progress, should_stop,
+                                           on_audio)
     finally:
         SESSIONS.end(session)
     elapsed = time.monotonic() - t0

@@ -8,15 +8,22 @@ clients go through the same generation code.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
+import shutil
+import threading
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from playground import audio_io, plots, services
 
 log = logging.getLogger(__name__)
 MAX_SLOTS = 8
+STREAMING = shutil.which("ffmpeg") is not None  # Gradio encodes a streamed audio output with ffmpeg
+STREAM_BLOCK_S = 0.5  # audio per streamed chunk: the player starts after the first one
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMPTY_RESULTS = ("*Results appear here: audio, a log-mel spectrogram with the prompt/continuation boundary, "
                  "NLL, and a WAV + params download for each sample.*")
@@ -106,14 +113,13 @@ class GenerateHandlers:
         return self.estimate(model_id, seconds, n_samples, prompt), gr.Timer(active=services.warming_up())
 
     def _run(self, model_id, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples, seed,
-             request: gr.Request | None, progress, continue_only: bool):
+             request: gr.Request | None, progress, continue_only: bool, **extra):
         session = request.session_hash if request is not None and request.session_hash else ""
         fn = services.continue_clip if continue_only else services.generate_clips
         result = call(fn, self.settings, model_id, prompt, trim_start=trim_start or 0.0,
                       trim_end=trim_end or 0.0, temperature=temperature, top_p=top_p, seconds=seconds,
-                      n_samples=n_samples,
-                      seed=seed, session=session,
-                      progress=lambda frac, msg: progress(frac, desc=msg))
+                      n_samples=n_samples, seed=seed, session=session,
+                      progress=lambda frac, msg: progress(frac, desc=msg), **extra)
         for warning in result["warnings"]:
             gr.Warning(warning)
         return result["files"], result
@@ -126,17 +132,49 @@ class GenerateHandlers:
                          request, progress, continue_only=False)
 
     def generate_from_page(self, model, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples, seed,
-                           random_seed, request: gr.Request, progress=gr.Progress()):  # noqa: B008
-        """The Generate button: a fresh random seed when ticked, else the one in the box. The seed box is
-        only ever set from a result (by render), so it always shows the seed of the audio shown.
-        Returns (files, results JSON, summary line): the progress bar shows on the summary, in view."""
+                           random_seed, until_stop, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        """The Generate button: a fresh random seed when ticked, else the one in the box (the seed box is only
+        ever set from a result, by render, so it always shows the seed of the audio shown). Streams sample 1
+        into the live player while it is made (when ffmpeg is there for Gradio's stream encoder), then yields
+        (files, results JSON, summary line, live): the progress bar shows on the summary, in view."""
         session = request.session_hash if request is not None and request.session_hash else ""
+        blocks: queue.Queue = queue.Queue()
+        box: dict = {}
+
+        def work():
+            try:
+                box["out"] = self._run(model, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples,
+                                       -1 if random_seed else seed, request, progress, continue_only=False,
+                                       on_audio=blocks.put if STREAMING else None, until_stop=bool(until_stop))
+            except BaseException as exc:  # noqa: BLE001 - handed to the request's thread below
+                box["error"] = exc
+            finally:
+                blocks.put(None)
+
+        # The worker carries this request's context, so gr.Progress / gr.Warning reach this page from it.
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                                  name="generate-request")
         try:
-            files, result = self._run(model, prompt, trim_start, trim_end, temperature, top_p, seconds, n_samples,
-                                      -1 if random_seed else seed, request, progress, continue_only=False)
+            worker.start()
+            pending, rate = [], services.find_model(self.settings, model)["sample_rate"] if model else 16000
+            while (block := blocks.get()) is not None:
+                pending.append(block[0])
+                if sum(len(b) for b in pending) >= STREAM_BLOCK_S * rate:
+                    yield gr.skip(), gr.skip(), gr.skip(), (rate, audio_io.to_pcm16(np.concatenate(pending)))
+                    pending = []
+            if pending:
+                yield gr.skip(), gr.skip(), gr.skip(), (rate, audio_io.to_pcm16(np.concatenate(pending)))
+            worker.join()
+        except (ValueError, services.ServiceError):
+            worker.join()  # an unknown model: the worker reports it
         finally:
+            if worker.is_alive():  # the page went away mid-stream: stop the generation
+                services.request_stop(session)
             services.SESSIONS.click_done(session)
-        return files, result, self._summary(result)
+        if "error" in box:
+            raise box["error"]
+        files, result = box["out"]
+        yield files, result, self._summary(result), gr.skip()
 
     @staticmethod
     def busy_note(request: gr.Request) -> None:
@@ -244,6 +282,8 @@ def build(settings: services.Settings) -> dict:
                 top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (nucleus)")
                 seconds = gr.Slider(0.01, settings.max_seconds, value=min(0.5, settings.max_seconds), step=0.01,
                                     label=f"Length (s, at most {settings.max_seconds:g} here)", elem_id="length-slider")
+                until_stop = gr.Checkbox(label=f"Until I press Stop (at most {settings.max_open_seconds:g} s)",
+                                         value=False, elem_id="until-stop")
                 n_samples = gr.Slider(1, settings.max_samples, value=1, step=1,
                                       label=f"Number of samples (at most {settings.max_samples})")
                 with gr.Row(equal_height=True):
@@ -257,6 +297,8 @@ def build(settings: services.Settings) -> dict:
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
             examples_box = gr.Column()
         with gr.Column(scale=3, min_width=420):
+            live = gr.Audio(label="Live: sample 1 while it is generated", streaming=True, autoplay=True,
+                            interactive=False, visible=STREAMING, elem_id="live-audio")
             summary = gr.Markdown(EMPTY_RESULTS, elem_id="results-summary")
             slots, slot_outputs = [], []
             for i in range(MAX_SLOTS):
@@ -300,7 +342,8 @@ def build(settings: services.Settings) -> dict:
                       queue=False, show_progress="hidden")
     generate_btn.click(h.busy_note, None, None, api_name="busy_note", api_visibility="undocumented",
                        concurrency_limit=None, concurrency_id="notes", show_progress="hidden")
-    generate_btn.click(h.generate_from_page, [*gen_inputs, random_seed], [all_files, results, summary],
+    generate_btn.click(h.generate_from_page, [*gen_inputs, random_seed, until_stop],
+                       [all_files, results, summary, live],
                        api_name="generate_from_page", api_visibility="undocumented", scroll_to_output=True,
                        **limits).then(h.estimate, estimate_inputs, [estimate], queue=False,
                                       api_visibility="undocumented")

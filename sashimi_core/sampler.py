@@ -96,13 +96,15 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
              temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
              progress: Callable[[int, int], None] | None = None, stop: Callable[[], bool] | None = None,
              prompt_mode: str = "conv", rank: bool = False, return_stats: bool = False,
-             engine: str = "auto", threads: int | None = None):
+             engine: str = "auto", threads: int | None = None,
+             on_tokens: Callable[[torch.Tensor], None] | None = None):
     """Sample n_steps tokens after an optional prompt.
 
     prompt: tokens (T,) shared by all samples, or (n_samples, T). prompt_mode "conv" reads it in one parallel
     pass (``model.prefill``), "step" one token at a time; both give the same state. temperature 0 is greedy.
     seed: same seed -> same tokens (a random one is drawn and reported when None). progress(done, total) and
-    stop() are called every PROGRESS_EVERY steps; on stop the tokens so far are returned.
+    stop() are called every PROGRESS_EVERY steps; on stop the tokens so far are returned. on_tokens(tokens
+    (n_samples, k) int64, CPU) receives each block of new tokens as it is made (for streaming).
     rank=True orders samples by their model likelihood (lowest NLL first), a guard against runaway noise.
     engine: "fast" (numba-compiled CPU step, `fast_step.py`), "graph" (static buffers, one CUDA graph per step
     phase on GPU, `graph_step.py`), "torch" (the module step loop) or "auto" (fast for a supported model on
@@ -161,13 +163,13 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
             logits, state = model.start(n_samples)
         if engine == "fast":
             out, nll, ent, done = _fast_loop(model, logits, state, n_steps, n_samples, temperature, top_p,
-                                             seed, progress, stop, threads, stats)
+                                             seed, progress, stop, threads, stats, on_tokens)
         elif engine == "graph":
             out, nll, ent, done = _graph_loop(model, logits, state, n_steps, n_samples, temperature, top_p,
-                                              gen, progress, stop, stats)
+                                              gen, progress, stop, stats, on_tokens)
         else:
             out, nll, ent, done = _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p,
-                                              gen, progress, stop, stats)
+                                              gen, progress, stop, stats, on_tokens)
         tokens = torch.cat([prompt, out[:, :done].to(device)], 1)
         scale = 1.0 / (max(done, 1) * math.log(2))
         stats.nll_bits = (nll * scale).tolist()
@@ -187,8 +189,10 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
     return (tokens, stats) if return_stats else tokens
 
 
-def _report(done, n_steps, progress, stop, stats) -> bool:
-    """Call progress; return True when generation should stop."""
+def _report(done, n_steps, progress, stop, stats, on_tokens=None, out=None, start: int = 0) -> bool:
+    """Hand the new tokens out[:, start:done] to on_tokens, call progress; True when generation should stop."""
+    if on_tokens is not None and done > start:
+        on_tokens(torch.as_tensor(out[:, start:done]).cpu())
     if progress is not None:
         progress(done, n_steps)
     if stop is not None and done < n_steps and stop():
@@ -198,7 +202,7 @@ def _report(done, n_steps, progress, stop, stats) -> bool:
 
 
 def _fast_loop(model, logits, state, n_steps, n_samples, temperature, top_p, seed, progress, stop, threads,
-               stats):
+               stats, on_tokens=None):
     """Sampling loop in the numba engine, PROGRESS_EVERY steps per call."""
     eng = fast_step.engine_for(model)
     st = eng.state_from_torch(state)
@@ -212,12 +216,13 @@ def _fast_loop(model, logits, state, n_steps, n_samples, temperature, top_p, see
         n = min(PROGRESS_EVERY, n_steps - done)
         eng.sample(logits, st, n, out, done, rng, temperature, top_p, nll, ent, threads=threads)
         done += n
-        if _report(done, n_steps, progress, stop, stats):
+        if _report(done, n_steps, progress, stop, stats, on_tokens, out, done - n):
             break
     return torch.from_numpy(out), torch.from_numpy(nll), torch.from_numpy(ent), done
 
 
-def _graph_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats):
+def _graph_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats,
+                on_tokens=None):
     """Sampling loop over `graph_step.GraphSampler` (CUDA graphs on GPU), PROGRESS_EVERY steps per block."""
     engine = graph_step.GraphSampler(model, logits, state, temperature, top_p)
     out = torch.empty(n_samples, n_steps, dtype=torch.long, device=logits.device)
@@ -227,12 +232,13 @@ def _graph_loop(model, logits, state, n_steps, n_samples, temperature, top_p, ge
         uniforms = torch.rand(n, n_samples, generator=gen, device=logits.device)
         engine.run(uniforms, out[:, done: done + n])
         done += n
-        if _report(done, n_steps, progress, stop, stats):
+        if _report(done, n_steps, progress, stop, stats, on_tokens, out, done - n):
             break
     return out, engine.nll, engine.ent, done
 
 
-def _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats):
+def _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p, gen, progress, stop, stats,
+                on_tokens=None):
     """Sampling loop over `model.step` (any model, any device)."""
     device = logits.device
     out = torch.empty(n_samples, n_steps, dtype=torch.long, device=device)
@@ -246,6 +252,8 @@ def _torch_loop(model, logits, state, n_steps, n_samples, temperature, top_p, ge
         done = t + 1
         if done < n_steps:
             logits, state = model.step(token, state)
-        if (done % PROGRESS_EVERY == 0 or done == n_steps) and _report(done, n_steps, progress, stop, stats):
+        block = (done - 1) // PROGRESS_EVERY * PROGRESS_EVERY  # first step of this block
+        if (done % PROGRESS_EVERY == 0 or done == n_steps) and _report(done, n_steps, progress, stop, stats,
+                                                                        on_tokens, out, block):
             break
     return out, nll, ent, done

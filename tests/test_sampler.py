@@ -58,6 +58,15 @@ def test_shared_prompt_is_read_once_with_its_nll(model):
     assert s3.prompt_nll_bits is None
 
 
+@pytest.mark.parametrize("engine", ["fast", "torch"])
+def test_on_tokens_streams_every_block_in_order(model, engine):
+    blocks = []
+    prompt = torch.randint(0, 256, (40,))
+    tokens = generate(model, 600, prompt=prompt, n_samples=2, seed=6, engine=engine, on_tokens=blocks.append)
+    assert [b.shape for b in blocks] == [(2, 256), (2, 256), (2, 88)]
+    assert torch.equal(torch.cat(blocks, 1), tokens[:, 40:])
+
+
 def test_progress_stop_and_stats(model):
     calls = []
     tokens, stats = generate(model, 1000, seed=0, progress=lambda d, t: calls.append((d, t)),

@@ -76,6 +76,23 @@ def test_list_models_cards(settings):
     assert len(rows) == 3 and len(rows[0]) == len(services.TABLE_HEADERS)
 
 
+def test_public_mode_shows_no_server_folders(settings):
+    """Model lists, the table, cards, result JSON and messages name folders relative to where they live."""
+    public = services.Settings.create(public=True, checkpoints_dir=settings.checkpoints_dir,
+                                      runs_dir=settings.runs_dir, output_dir=settings.output_dir)
+    secret = [str(Path(d).resolve()) for d in (settings.checkpoints_dir, settings.runs_dir, settings.output_dir)]
+    shown = json.dumps([services.client_cards(public), services.model_table(public),
+                        [services.describe_model(c) for c in services.list_models(public)]])
+    assert not [d for d in secret if d in shown]
+    assert "runs/trained/checkpoint" in shown and "checkpoints/tiny-shipped" in shown
+    result = services.generate_clips(public, "trained", seconds=0.01, seed=1)
+    assert result["model_path"] == "runs/trained/checkpoint"
+    message = f"cannot read {Path(settings.runs_dir).resolve() / 'x' / 'config.json'}"
+    assert services.redact(public, message) == "cannot read runs/x/config.json"
+    assert services.redact(settings, message) == message  # locally: unchanged
+    assert Path(services.list_models(settings)[0]["path"]).is_absolute()
+
+
 def test_non_generative_checkpoints_are_not_listed(settings, tmp_path):
     classifier = pytest.importorskip("sashimi_core.classifier")
     from sashimi_core import save_model
