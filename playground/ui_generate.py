@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 MAX_SLOTS = 8
 STREAMING = shutil.which("ffmpeg") is not None  # Gradio encodes a streamed audio output with ffmpeg
 STREAM_BLOCK_S = 0.5  # audio per streamed chunk: the player starts after the first one
+BUSY_NOTE = ("**A generation is already running on this page**: wait for it to finish, or press Stop. "
+             "(This click was ignored; the seed box is unchanged.)")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMPTY_RESULTS = ("*Results appear here: audio, a log-mel spectrogram with the prompt/continuation boundary, "
                  "NLL, and a WAV + params download for each sample.*")
@@ -177,11 +179,12 @@ class GenerateHandlers:
         yield files, result, self._summary(result), gr.skip()
 
     @staticmethod
-    def busy_note(request: gr.Request) -> None:
-        """Runs on every Generate click: says so when this page's previous generation is still running
-        (the browser then drops the click)."""
-        if not services.SESSIONS.click(request.session_hash or ""):
-            gr.Warning("A generation is already running on this page: wait for it to finish, or press Stop.")
+    def busy_note(request: gr.Request):
+        """Runs at once on every Generate click (not queued): when this page's previous generation is still
+        running (the browser then drops the click), the hint under the settings says so."""
+        if services.SESSIONS.click(request.session_hash or ""):
+            return gr.skip()
+        return BUSY_NOTE
 
     def check_prompt(self, prompt) -> None:
         """On upload / recording: read the clip now, so a file that is not usable audio is reported at once."""
@@ -340,11 +343,11 @@ def build(settings: services.Settings) -> dict:
                     queue=False, show_progress="hidden")
     warmup_timer.tick(h.warmup_tick, estimate_inputs, [estimate, warmup_timer], api_visibility="undocumented",
                       queue=False, show_progress="hidden")
-    generate_btn.click(h.busy_note, None, None, api_name="busy_note", api_visibility="undocumented",
-                       concurrency_limit=None, concurrency_id="notes", show_progress="hidden")
+    generate_btn.click(h.busy_note, None, [estimate], api_name="busy_note", api_visibility="undocumented",
+                       queue=False, show_progress="hidden")
     generate_btn.click(h.generate_from_page, [*gen_inputs, random_seed, until_stop],
                        [all_files, results, summary, live],
-                       api_name="generate_from_page", api_visibility="undocumented", scroll_to_output=True,
+                       api_name="generate_from_page", api_visibility="undocumented",
                        **limits).then(h.estimate, estimate_inputs, [estimate], queue=False,
                                       api_visibility="undocumented")
     api_generate.click(h.generate, gen_inputs, [all_files, results], api_name="generate", **limits)

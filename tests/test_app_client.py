@@ -217,3 +217,25 @@ def test_public_mode_limits(tmp_path_factory):
             _generate(client, long_prompt)
     finally:
         public.stop()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ffmpeg"), reason="Gradio's stream encoder needs ffmpeg")
+def test_generate_button_streams_audio_before_the_result(client):
+    """The page's Generate endpoint yields live audio chunks (an HLS playlist) while it samples, then the
+    files and the results; the first chunk comes long before the end."""
+    t0 = time.monotonic()
+    job = client.submit("tiny", None, 0, 0, 1.0, 1.0, 8.0, 1, 21, False, False, api_name="/generate_from_page")
+    first_chunk = None
+    while not job.done() and time.monotonic() - t0 < 240:
+        outs = job.outputs()
+        if first_chunk is None and outs and str(outs[0][-1]).endswith(".m3u8"):
+            first_chunk = time.monotonic() - t0
+        time.sleep(0.02)
+    outs = job.outputs()
+    total = time.monotonic() - t0
+    streamed = [o for o in outs if str(o[-1]).endswith(".m3u8")]
+    files, result = outs[-1][0], outs[-1][1]
+    print(f"first live chunk after {first_chunk:.2f} s, result after {total:.2f} s, {len(streamed)} chunks")
+    assert first_chunk is not None and len(streamed) >= 4  # 8 s of audio in 0.5-s chunks (some may merge)
+    assert first_chunk < total / 2
+    assert result["seed"] == 21 and abs(result["generated_seconds"] - 8.0) < 1e-6 and len(files) == 2

@@ -14,7 +14,8 @@ from app_helpers import ROOT, LaunchedApp, make_tiny_checkpoint
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required"]
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs chromium (apt-get install chromium)")]
@@ -123,14 +124,14 @@ def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(
     length.fill("30")
     length.press("Enter")
     seed_box = page.locator("#seed input")
-    before = seed_box.input_value()
     page.locator("#generate-btn").click()
     page.locator("#results-summary").get_by_text(re.compile(r"\d+ × [\d,]+/[\d,]+ samples")).first.wait_for(
         timeout=240_000)
     _shot(page, tmp, "progress.png", full_page=False)
+    before = seed_box.input_value()
     page.locator("#generate-btn").click()
-    page.get_by_text("already running on this page").first.wait_for()
-    assert seed_box.input_value() == before  # nothing generated yet: the box is unchanged
+    page.locator("#estimate").get_by_text("already running on this page").wait_for()
+    assert seed_box.input_value() == before  # nothing new generated yet: the box is unchanged
     page.locator("#stop-btn").click()
     page.locator("#results-summary").get_by_text("stopped early").wait_for(timeout=120_000)
     summary = page.locator("#results-summary").inner_text()
@@ -154,3 +155,22 @@ def test_non_audio_upload_is_reported_on_upload(page_on_app, tmp_path):
     page.locator("#prompt-audio input[type=file]").set_input_files(str(notes))
     page.get_by_text("is not an audio file we can read").first.wait_for()  # before any Generate click
     _clear_prompt(page)
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="Gradio's stream encoder needs ffmpeg")
+def test_live_player_plays_while_the_continuation_is_generated(page_on_app):
+    """Sound starts in the live player while the progress bar still runs; the full result follows."""
+    page, tmp = page_on_app
+    page.get_by_role("tab", name="Generate").click()
+    _clear_prompt(page)
+    length = page.locator("#length-slider input[type=number]")
+    length.fill("25")
+    length.press("Enter")
+    page.locator("#generate-btn").click()
+    page.wait_for_function("() => { const a = document.querySelector('#live-audio audio');"
+                           " return a && !a.paused && a.currentTime > 0.2; }", timeout=240_000)
+    progress = page.locator("#results-summary").get_by_text(re.compile(r"\d+ × [\d,]+/[\d,]+ samples"))
+    assert progress.count() >= 1, "the live player should play before generation ends"
+    _shot(page, tmp, "live.png", full_page=False)
+    page.locator("#stop-btn").click()
+    page.locator("#results-summary").get_by_text("stopped early").wait_for(timeout=120_000)
