@@ -519,3 +519,19 @@ def test_quality_report_and_recommended_sampling(settings, dirs):
     assert services.find_model(settings, "reported")["sampling"] == {"temperature": 0.9, "top_p": 0.95}
     make_tiny_checkpoint(dirs / "runs" / "odd-sampling", recommended_sampling={"temperature": "hot", "top_p": 2})
     assert services.find_model(settings, "odd-sampling")["sampling"] is None
+
+
+def test_each_example_is_continued_by_the_model_of_its_kind(tmp_path):
+    """Example prompts go to the shipped model trained on their data set (a spoken digit to the speech model,
+    the piano phrase to the piano model), not to whichever model is listed first."""
+    from playground.ui_generate import ASSETS, GenerateHandlers
+
+    make_tiny_checkpoint(tmp_path / "shipped" / "a-piano", dataset="piano-synth")
+    make_tiny_checkpoint(tmp_path / "shipped" / "b-digits", dataset="sc09-synth")
+    st = services.Settings.create(public=False, checkpoints_dir=tmp_path / "shipped", runs_dir=tmp_path / "runs",
+                                  output_dir=tmp_path / "out")
+    h = GenerateHandlers(st)
+    quiet = lambda *a, **k: None  # noqa: E731 - stands in for gr.Progress
+    for name, want in (("digit_seven.wav", "b-digits"), ("piano_phrase.wav", "a-piano")):
+        _, result, picked = h.example(str(ASSETS / name), 0.0, 0.0, progress=quiet)
+        assert picked == want and result["model"] == want and result["seed"] == 0
