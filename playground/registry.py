@@ -34,7 +34,7 @@ def redact(settings: Settings, text: str) -> str:
 def list_models(settings: Settings) -> list[dict]:
     """Cards of every generative checkpoint: shipped ones first, then user runs (incl. runs/<name>/checkpoint/).
 
-    Each card: id (unique name used by every other call), name, checkpoint (folder), run_dir, path (the folder
+    Each card: id (unique name used by every other call), name, checkpoint (folder), run_dir, folder (the folder
     as users see it: see shown_path), shipped, architecture, n_parameters, dataset, nll_bits, sample_rate,
     quantization, steps, and the README text."""
     from sashimi_core import list_checkpoints
@@ -50,7 +50,8 @@ def list_models(settings: Settings) -> list[dict]:
         readme = path / "README.md"
         nll = meta.get("test_nll_bits", meta.get("val_nll_bits", meta.get("nll_bits")))
         cards.append({
-            "id": model_id, "name": entry["name"], "checkpoint": str(path), "path": shown_path(settings, path),
+            "id": model_id, "name": entry["name"], "checkpoint": str(path),
+            "folder": shown_path(settings, path),
             "shipped": bool(entry["shipped"]),
             "run_dir": str(path.parent if path.name == "checkpoint" else path),
             "architecture": entry["architecture"], "n_parameters": entry.get("n_parameters"),
@@ -108,7 +109,7 @@ def model_table(settings: Settings) -> list[list]:
         rows.append([c["id"], "shipped" if c["shipped"] else "run", c.get("dataset") or "",
                      f"{c['n_parameters'] / 1e6:.3f}M" if c.get("n_parameters") else "",
                      f"{nll:.3f}" if isinstance(nll, (int, float)) else "", c.get("steps") or "",
-                     c["sample_rate"], c["quantization"], c["path"]])
+                     c["sample_rate"], c["quantization"], c["folder"]])
     return rows
 
 
@@ -127,7 +128,7 @@ def describe_model(card: dict) -> str:
             ("parameters", f"{card['n_parameters']:,}" if card.get("n_parameters") else "?"),
             ("NLL", f"{nll:.3f} bits/sample" if isinstance(nll, (int, float)) else "not measured"),
             ("sample rate", f"{card['sample_rate']} Hz"), ("quantisation", f"8-bit {card['quantization']}"),
-            ("source", "shipped checkpoint" if card["shipped"] else f"user run `{card['path']}`")]
+            ("source", "shipped checkpoint" if card["shipped"] else f"user run `{card['folder']}`")]
     if card.get("steps"):
         rows.insert(3, ("training steps", f"{card['steps']:,}"))
     return f"**{card['id']}** ({card['architecture']}) · " + " · ".join(f"{k}: {v}" for k, v in rows)

@@ -455,7 +455,7 @@ def _write_results(settings, card, audio, stats, prompt_audio, prompt_nll, elaps
     if stats.stopped:
         warnings.append(("Stopped at the time limit of this server" if wall_stop else "Stopped")
                         + f" after {stats.steps / sr:.2f} s of audio; showing what was generated.")
-    common = {"model": card["id"], "model_path": card["path"], "seed": stats.seed, **params,
+    common = {"model": card["id"], "model_path": card["folder"], "seed": stats.seed, **params,
               "sample_rate": sr, "quantization": card["quantization"],
               "prompt_sha256": None if prompt_audio is None else prompt_audio.sha256,
               "prompt_seconds": round(prompt_s, 6), "prompt_nll_bits": prompt_nll,

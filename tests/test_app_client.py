@@ -188,11 +188,11 @@ def test_model_admin(client, app, reference_fixture, tmp_path):
 def test_examples_are_cached_lazily(client, app):
     """With a shipped model, clicking an example prompt shows its continuation, generated once then cached."""
     t0 = time.monotonic()
-    files, result = client.predict(0, api_name="/example")  # example index 0: the spoken 'seven'
+    files, result, picked = client.predict(0, api_name="/example")  # example index 0: the spoken 'seven'
     first = time.monotonic() - t0
-    assert result["model"] == "tiny-shipped" and result["seed"] == 0 and result["prompt_seconds"] > 0.3
+    assert result["model"] == picked == "tiny-shipped" and result["seed"] == 0 and result["prompt_seconds"] > 0.3
     t0 = time.monotonic()
-    files2, result2 = client.predict(0, api_name="/example")
+    files2, result2, _ = client.predict(0, api_name="/example")
     assert result2["created"] == result["created"]  # served from the cache, not generated again
     assert time.monotonic() - t0 < first
     assert any((app.tmp / "examples-cache").rglob("*.wav"))

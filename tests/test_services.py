@@ -90,7 +90,7 @@ def test_public_mode_shows_no_server_folders(settings):
     message = f"cannot read {Path(settings.runs_dir).resolve() / 'x' / 'config.json'}"
     assert services.redact(public, message) == "cannot read runs/x/config.json"
     assert services.redact(settings, message) == message  # locally: unchanged
-    assert Path(services.list_models(settings)[0]["path"]).is_absolute()
+    assert Path(services.list_models(settings)[0]["folder"]).is_absolute()
 
 
 def test_non_generative_checkpoints_are_not_listed(settings, tmp_path):
