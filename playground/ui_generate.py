@@ -186,15 +186,18 @@ class GenerateHandlers:
             return gr.skip()
         return BUSY_NOTE
 
-    def check_prompt(self, prompt) -> None:
-        """On upload / recording: read the clip now, so a file that is not usable audio is reported at once."""
+    def check_prompt(self, prompt):
+        """On upload / recording: read the clip now, so a file that is not usable audio is reported at once
+        and cleared from the player (which could not play it), ready for the next upload."""
         if not prompt:
-            return
+            return gr.skip()
         try:
             gr.Info(services.check_prompt(self.settings, prompt))
         except audio_io.AudioInputError as exc:
             log.info("refused prompt upload: %s", str(exc)[:200])
             gr.Warning(services.redact(self.settings, str(exc)))
+            return None
+        return gr.skip()
 
     def continue_clip(self, model, audio, temperature=1.0, top_p=1.0, seconds=1.0, n_samples=1, seed=-1,
                       request: gr.Request = None, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
@@ -351,9 +354,9 @@ def build(settings: services.Settings) -> dict:
                        **limits).then(h.estimate, estimate_inputs, [estimate], queue=False,
                                       api_visibility="undocumented")
     api_generate.click(h.generate, gen_inputs, [all_files, results], api_name="generate", **limits)
-    prompt.upload(h.check_prompt, [prompt], None, api_name="check_prompt", api_visibility="undocumented",
+    prompt.upload(h.check_prompt, [prompt], [prompt], api_name="check_prompt", api_visibility="undocumented",
                   concurrency_limit=None, concurrency_id="notes", show_progress="hidden")
-    prompt.stop_recording(h.check_prompt, [prompt], None, api_visibility="undocumented",
+    prompt.stop_recording(h.check_prompt, [prompt], [prompt], api_visibility="undocumented",
                           concurrency_limit=None, concurrency_id="notes", show_progress="hidden")
     api_continue.click(h.continue_clip, [model, prompt, temperature, top_p, seconds, n_samples, seed],
                        [all_files, results], api_name="continue", **limits)

@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.e2e,
 
 
 @pytest.fixture(scope="module")
-def page_on_app(tmp_path_factory):
+def browser_on_app(tmp_path_factory):
+    """One app process and one Chromium for the module; each test opens its own page (fresh Gradio state)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     tmp = tmp_path_factory.mktemp("e2e")
     make_tiny_checkpoint(tmp / "runs" / "tiny")
@@ -30,21 +31,30 @@ def page_on_app(tmp_path_factory):
     try:
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(app.url)
-            page.locator("#generate-btn").wait_for()
-            yield page, tmp
+            yield browser, app, tmp
             browser.close()
     finally:
         app.stop()
 
 
-def _clear_prompt(page) -> None:
-    clear = page.locator("#prompt-audio button[aria-label='Clear']")
-    if clear.count():
-        clear.first.click()
-    page.locator("#prompt-audio input[type=file]").wait_for(state="attached")
+@pytest.fixture
+def page_on_app(browser_on_app):
+    """A new browser context and page on the app, loaded and ready; closed after the test."""
+    browser, app, tmp = browser_on_app
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app.url)
+    page.locator("#generate-btn").wait_for()
+    page.locator("#prompt-audio input[type=file]").wait_for(state="attached")  # the page is interactive
+    yield page, tmp
+    context.close()
+
+
+def _set_length(page, seconds: str) -> None:
+    length = page.locator("#length-slider input[type=number]")
+    length.fill(seconds)
+    length.press("Enter")
 
 
 def _shot(page, tmp: Path, name: str, full_page: bool = True) -> Path:
@@ -62,9 +72,7 @@ def test_upload_generate_shows_audio_and_spectrogram(page_on_app):
     expect(page.locator("#model-picker input")).to_have_value(re.compile("^tiny"))  # filled on page load
     page.locator("#prompt-audio input[type=file]").set_input_files(str(ROOT / "assets" / "digit_seven.wav"))
     page.locator("#prompt-audio audio[src]").first.wait_for(state="attached")  # the upload reached the player
-    length = page.locator("#length-slider input[type=number]")
-    length.fill("0.02")
-    length.press("Enter")
+    _set_length(page, "0.02")
     page.locator("#generate-btn").click()
     page.locator("#result-plot-0 .js-plotly-plot").wait_for(timeout=240_000)
     page.locator("#result-audio-0 audio[src]").first.wait_for(state="attached")  # the player has the WAV
@@ -89,7 +97,6 @@ def test_other_tabs_render(page_on_app):
 def test_new_checkpoint_reaches_the_model_picker(page_on_app):
     """A checkpoint written while the page is open (as a training run does) shows up without a reload."""
     page, tmp = page_on_app
-    page.get_by_role("tab", name="Generate").click()
     make_tiny_checkpoint(tmp / "runs" / "fresh-run" / "checkpoint", steps=100)
     page.wait_for_timeout(6000)  # the Timer polls every 2 s
     page.locator("#model-picker input").click()
@@ -97,35 +104,29 @@ def test_new_checkpoint_reaches_the_model_picker(page_on_app):
     page.keyboard.press("Escape")
 
 
-def test_bad_upload_shows_error_and_app_recovers(page_on_app, tmp_path):
+def test_non_audio_upload_is_refused_on_upload_and_generate_still_works(page_on_app, tmp_path):
+    """A file that is not audio is reported as soon as it is uploaded, the prompt is cleared (so the next
+    upload works), and Generate then runs unconditionally."""
     page, tmp = page_on_app
-    page.get_by_role("tab", name="Generate").click()
     notes = tmp_path / "notes.wav"
     notes.write_text("not audio at all\n" * 50)
-    _clear_prompt(page)
     page.locator("#prompt-audio input[type=file]").set_input_files(str(notes))
-    page.locator("#generate-btn").click()
-    page.get_by_text("is not an audio file we can read").first.wait_for()
+    page.get_by_text("is not an audio file we can read").first.wait_for()  # before any Generate click
     page.wait_for_timeout(800)  # the toast fades in
     _shot(page, tmp, "bad_upload.png", full_page=False)  # the toast is fixed to the viewport
-    _clear_prompt(page)
+    page.wait_for_function("() => !document.querySelector('#prompt-audio audio[src]')")  # the prompt was cleared
+    page.locator("#prompt-audio input[type=file]").wait_for(state="attached")
+    _set_length(page, "0.02")
     page.locator("#generate-btn").click()  # no prompt: unconditional, and the app still works
-    page.get_by_text("no prompt").first.wait_for(timeout=240_000)
+    page.locator("#results-summary").get_by_text("no prompt").first.wait_for(timeout=240_000)
 
 
-@pytest.mark.skip(reason="unreliable in headless Chromium after the earlier tests of this module (the second "
-                  "click / the live player's playback state): open work in issue 20; the same behaviour is "
-                  "covered through gradio_client")
 def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(page_on_app):
     """A long generation shows its progress on the results summary (in view, not in the collapsed details);
     a second Generate click says a generation is already running; the seed box always holds the seed of the
     audio shown, so unticking 'New random seed' reproduces it."""
     page, tmp = page_on_app
-    page.get_by_role("tab", name="Generate").click()
-    _clear_prompt(page)
-    length = page.locator("#length-slider input[type=number]")
-    length.fill("30")
-    length.press("Enter")
+    _set_length(page, "30")
     seed_box = page.locator("#seed input")
     page.locator("#generate-btn").click()
     page.locator("#results-summary").get_by_text(re.compile(r"\d+ × [\d,]+/[\d,]+ samples")).first.wait_for(
@@ -137,40 +138,20 @@ def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(
     assert seed_box.input_value() == before  # nothing new generated yet: the box is unchanged
     page.locator("#stop-btn").click()
     page.locator("#results-summary").get_by_text("stopped early").wait_for(timeout=120_000)
-    summary = page.locator("#results-summary").inner_text()
-    used = re.search(r"seed (\d+)", summary).group(1)
+    used = re.search(r"seed (\d+)", page.locator("#results-summary").inner_text()).group(1)
     page.wait_for_function(f"() => document.querySelector('#seed input').value === '{used}'")
     page.get_by_text("New random seed each time").click()  # untick: the next run reuses the seed shown
-    length.fill("0.05")
-    length.press("Enter")
+    _set_length(page, "0.05")
     page.locator("#generate-btn").click()
     page.wait_for_function("() => !document.querySelector('#results-summary').innerText.includes('stopped')",
                            timeout=240_000)
     assert re.search(r"seed (\d+)", page.locator("#results-summary").inner_text()).group(1) == used
 
 
-def test_non_audio_upload_is_reported_on_upload(page_on_app, tmp_path):
-    page, tmp = page_on_app
-    page.get_by_role("tab", name="Generate").click()
-    notes = tmp_path / "upload-notes.wav"
-    notes.write_text("not audio either\n" * 50)
-    _clear_prompt(page)
-    page.locator("#prompt-audio input[type=file]").set_input_files(str(notes))
-    page.get_by_text("is not an audio file we can read").first.wait_for()  # before any Generate click
-    _clear_prompt(page)
-
-
-@pytest.mark.skip(reason="unreliable in headless Chromium after the earlier tests of this module (the second "
-                  "click / the live player's playback state): open work in issue 20; the same behaviour is "
-                  "covered through gradio_client")
 def test_live_player_plays_while_the_continuation_is_generated(page_on_app):
     """Sound starts in the live player while the progress bar still runs; the full result follows."""
     page, tmp = page_on_app
-    page.get_by_role("tab", name="Generate").click()
-    _clear_prompt(page)
-    length = page.locator("#length-slider input[type=number]")
-    length.fill("25")
-    length.press("Enter")
+    _set_length(page, "25")
     page.locator("#generate-btn").click()
     page.wait_for_function("() => { const a = document.querySelector('#live-audio audio');"
                            " return a && !a.paused && a.currentTime > 0.2; }", timeout=240_000)
