@@ -52,7 +52,7 @@ def run_prompt_case(preset: str, seconds: float, threads: int, seed: int = 0, de
     """Child process: time one prompt read with its NLL (fused) and read + separate forward (baseline)."""
     torch.set_num_threads(threads)
     from sashimi_core import PRESETS, SaShiMi
-    from sashimi_core.metrics import nll_bits
+    from sashimi_core.ops.metrics import nll_bits
 
     torch.manual_seed(seed)
     model = SaShiMi(PRESETS[preset]).to(device).eval()
@@ -97,7 +97,7 @@ def prompt_rows(presets, prompt_seconds, threads, device) -> list[dict]:
 def _cost(preset: str) -> dict:
     """The fast engine's work per sample for a preset (`FastSaShiMi.cost`)."""
     from sashimi_core import PRESETS, SaShiMi
-    from sashimi_core.fast_step import FastSaShiMi, supports
+    from sashimi_core.generation.fast_step import FastSaShiMi, supports
 
     model = SaShiMi(PRESETS[preset])
     return FastSaShiMi(model).cost() if supports(model) else {}

@@ -39,7 +39,7 @@ def naive_bytes(L: int, mode: str, h: int = H, d_state: int = D_STATE) -> int:
 def run_case(backend: str, L: int, mode: str, device: str, repeats: int, warmup: int,
              budget_s: float, seed: int = 0) -> dict:
     """One measured case (runs in a child process). mode: "fwd" or "fwdbwd"."""
-    from sashimi_core.s4 import S4Kernel
+    from sashimi_core.nn.s4 import S4Kernel
 
     torch.manual_seed(seed)
     kernel = S4Kernel(H, D_STATE, n_ssm=1, cauchy_backend=backend).to(device)

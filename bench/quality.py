@@ -1,11 +1,11 @@
 """`python -m bench quality <model dir> --data <data set>`: a quality report for any model.
 
 Generates N unconditional clips and N continuations of test-split prompts, draws N real test clips of the
-same length, and measures each set with the proxies of `sashimi_core.quality` (spectral flatness, pitched
+same length, and measures each set with the proxies of `sashimi_core.evaluate.quality` (spectral flatness, pitched
 share, silent share, onset rate, loudness); continuations are measured on their generated part only. Adds
 the model's test NLL in bits with its 95% t-interval (`sashimi_core.evaluate`), and for speech models (data
 set name with "sc09", or --speech) the digit-classifier metrics (IS, mIS, AM, FID) and the pocketsphinx
-share of clips decoded as digits (`sashimi_core.audio_metrics`).
+share of clips decoded as digits (`sashimi_core.evaluate.audio_metrics`).
 
 Real clips and prompts are fixed, non-overlapping segments of the test split's files, drawn at random
 (seeded) from all segments, and passed through the model's 8-bit quantiser, as generated audio is. Defaults:
@@ -39,8 +39,8 @@ def segments(root: Path, length: int, n: int, seed: int, model, full: bool = Tru
     decoded), "sources": [{"file", "start_s"}], "labels": (n,) digit index from the folder name or -1}.
     ``full``: only segments lying wholly inside a file (else SC09-style zero-padded tails count too)."""
     from sashimi_core import decode
-    from sashimi_core.classifier import DIGITS
     from sashimi_core.data.loaders import AudioClipDataset
+    from sashimi_core.evaluate.classifier import DIGITS
 
     cfg = model.cfg
     data = AudioClipDataset(root, "test", length, cfg.quantization, cfg.sample_rate, random_crop=False,
@@ -62,7 +62,7 @@ def nll_on_test(model, root: Path, length: int, n_clips: int, batch: int) -> dic
     """Test NLL (bits/sample, 95% t-interval over clips) on n_clips evenly spaced fixed segments of the test
     split (`sashimi_core.evaluate.evaluate`)."""
     from sashimi_core.data.loaders import AudioClipDataset
-    from sashimi_core.evaluate import evaluate
+    from sashimi_core.evaluate.nll import evaluate
 
     cfg = model.cfg
     data = AudioClipDataset(root, "test", length, cfg.quantization, cfg.sample_rate, random_crop=False)
@@ -76,7 +76,7 @@ def nll_on_test(model, root: Path, length: int, n_clips: int, batch: int) -> dic
 # ------------------------------------------------------------------------------------------------ metrics
 def measure(sets: dict, sample_rate: int, pitch: bool, pitch_seconds: float | None) -> dict:
     """{set: {"summary": {metric: {mean, ci_low, ci_high, n}}, "per_clip": [proxies]}} for audio (N, T)."""
-    from sashimi_core.quality import clip_proxies, summarize
+    from sashimi_core.evaluate.quality import clip_proxies, summarize
 
     out = {}
     for name, audio in sets.items():
@@ -88,8 +88,8 @@ def measure(sets: dict, sample_rate: int, pitch: bool, pitch_seconds: float | No
 def speech_metrics(sets: dict, labels: np.ndarray, classifier: str | None) -> dict:
     """Classifier metrics (IS, mIS, AM, FID against the real set) of each generated set, the real set's own
     IS/mIS/AM (and accuracy when every clip has a digit label), and the pocketsphinx recogniser share."""
-    from sashimi_core.audio_metrics import evaluate_audio, recogniser_available, recogniser_share
-    from sashimi_core.classifier import DEFAULT_PATH, load_classifier
+    from sashimi_core.evaluate.audio_metrics import evaluate_audio, recogniser_available, recogniser_share
+    from sashimi_core.evaluate.classifier import DEFAULT_PATH, load_classifier
 
     real = sets["real"]
     if len(real) < 2:
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     from bench import quality_report
     from sashimi_core import decode, generate, load_model
     from sashimi_core.data.loaders import resolve_dataset
-    from sashimi_core.evaluate import _checkpoint_dir
+    from sashimi_core.evaluate.nll import _checkpoint_dir
 
     args = parse(argv)
     torch.set_num_threads(args.threads)

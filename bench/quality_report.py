@@ -4,7 +4,7 @@
     spectrogram_grid(sets, cont_full, n_prompt, sr, path, rows=4)   # writes the PNG, returns the backend
 
 The PNG is drawn with matplotlib (Agg) when it is installed; otherwise the log-mel tiles are laid out in
-one plain image (`sashimi_core.spectrogram.png_bytes_plain`, zlib only), so no plotting package is needed.
+one plain image (`sashimi_core.evaluate.spectrogram.png_bytes_plain`, zlib only), so no plotting package is needed.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROWS = (  # (metric key of sashimi_core.quality, label, decimals)
+ROWS = (  # (metric key of sashimi_core.evaluate.quality, label, decimals)
     ("spectral_flatness", "spectral flatness (median, non-silent frames)", 4),
     ("pitched_share", "pitched share of non-silent frames (pYIN)", 3),
     ("silent_share", "silent share of frames (< -50 dBFS)", 3),
@@ -109,7 +109,7 @@ def markdown(result: dict) -> str:
 # ------------------------------------------------------------------------------------------------ PNG
 def _tiles(sets: dict, cont_full: np.ndarray, sample_rate: int, rows: int) -> list[list[np.ndarray]]:
     """rows x 3 log-mel arrays (n_mels, frames): unconditional, prompt + continuation, real."""
-    from sashimi_core.metrics import log_mel
+    from sashimi_core.ops.metrics import log_mel
 
     k = min(rows, len(cont_full))
     return [[log_mel(sets["unconditional"][i], sample_rate), log_mel(cont_full[i], sample_rate),
@@ -118,7 +118,7 @@ def _tiles(sets: dict, cont_full: np.ndarray, sample_rate: int, rows: int) -> li
 
 def _plain_png(tiles: list[list[np.ndarray]]) -> bytes:
     """The tiles in one image, separated by lines of the lowest level (no axes, no text)."""
-    from sashimi_core.spectrogram import png_bytes_plain
+    from sashimi_core.evaluate.spectrogram import png_bytes_plain
 
     width = max(t.shape[1] for row in tiles for t in row)
     n_mels, gap = tiles[0][0].shape[0], 4
@@ -139,7 +139,7 @@ def spectrogram_grid(sets: dict, cont_full: np.ndarray, n_prompt: int, sample_ra
     columns unconditional (N, T), prompt + continuation (N, n_prompt + T) with a line where the prompt ends,
     and real (N, T). Returns the backend used: "matplotlib" or "plain"."""
     from sashimi_core.checkpoint import atomic_write_bytes
-    from sashimi_core.spectrogram import HOP
+    from sashimi_core.evaluate.spectrogram import HOP
 
     tiles = _tiles(sets, cont_full, sample_rate, rows)
     try:

@@ -187,7 +187,7 @@ class Spread:
 
 def gen_rate(model, batch: int, seconds: float, seed: int) -> float:
     """Aggregate samples/s of generate(engine="auto") at this batch: warm-up, then `seconds` of sampling."""
-    from sashimi_core.sampler import generate
+    from sashimi_core.generation.sampler import generate
 
     generate(model, 32, n_samples=batch, seed=seed)  # JIT compile / caches
     t0 = time.perf_counter()
@@ -201,9 +201,9 @@ def sc09_metrics(model, args, run: Path) -> dict:
     """FID/IS/mIS/AM of args.sc09_clips generated clips (batches of 16) against real test clips."""
     import soundfile as sf
 
-    from sashimi_core.audio_metrics import evaluate_audio, real_clips
-    from sashimi_core.quantize import decode
-    from sashimi_core.sampler import generate
+    from sashimi_core.evaluate.audio_metrics import evaluate_audio, real_clips
+    from sashimi_core.generation.sampler import generate
+    from sashimi_core.ops.quantize import decode
 
     t0, clips = time.perf_counter(), []
     cap = args.clip_cap_s or math.inf
@@ -243,10 +243,10 @@ def score(args, run: Path, train: dict) -> dict:
         saved = json.loads(cache.read_text())
         if saved["settings"] == want:
             return saved["result"]
-    import sashimi_core.baselines  # noqa: F401 - registers wavenet/samplernn with load_model
+    import sashimi_core.nn.registry  # noqa: F401 - registers wavenet/samplernn with load_model
     from sashimi_core.checkpoint import load_model
     from sashimi_core.data.loaders import AudioClipDataset
-    from sashimi_core.evaluate import evaluate
+    from sashimi_core.evaluate.nll import evaluate
 
     model = load_model(run / "checkpoint", map_location=args.device)
     test = AudioClipDataset(args.root, "test", args.length, model.cfg.quantization, model.cfg.sample_rate,
@@ -266,9 +266,8 @@ def score(args, run: Path, train: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ table
 def run_system(args, system: str) -> dict:
-    from sashimi_core.train import all_presets
+    from sashimi_core import ALL_PRESETS as presets
 
-    presets = all_presets()
     if system not in presets:
         return {"system": system, "error": f"unknown preset; choose from {sorted(presets)}"}
     arch = presets[system].architecture

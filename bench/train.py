@@ -26,7 +26,7 @@ def run_case(preset: str, batch: int, length: int, backend: str, threads: int, r
     trainer)."""
     torch.set_num_threads(threads)
     from sashimi_core import PRESETS, SaShiMi
-    from sashimi_core.s4 import S4Kernel
+    from sashimi_core.nn.s4 import S4Kernel
 
     torch.manual_seed(seed)
     model = SaShiMi(PRESETS[preset]).to(device)

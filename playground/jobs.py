@@ -290,13 +290,18 @@ def _resolve_data(settings: Settings, data: str) -> Path:
     return folder.resolve()
 
 
+def training_presets(settings: Settings) -> tuple[str, ...]:
+    """The SaShiMi preset names a run may use here (all of them, or the public server's short list)."""
+    from sashimi_core import PRESETS
+
+    return tuple(settings.train_presets or PRESETS)
+
+
 def start_training(settings: Settings, name: str, data: str, preset: str, steps, batch, lr) -> dict:
     """Validate and start `python -m sashimi_core.train` for a new run. Returns the job dict."""
-    from sashimi_core.sashimi import PRESETS
-
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ServiceError("Name the run with 1-64 letters, digits, '.', '_' or '-' (no spaces).")
-    allowed = settings.train_presets or tuple(PRESETS)
+    allowed = training_presets(settings)
     if preset not in allowed:
         raise ServiceError(f"Unknown or disallowed preset {preset!r}; choose one of {', '.join(allowed)}.")
     try:

@@ -136,10 +136,8 @@ def build(settings: services.Settings, timer: gr.Timer, models_signal: gr.Textbo
     that gets the list of checkpoint ids when it changes) live outside the tabs, so they work whichever tab is
     open and the app can refresh every model picker on its .change (gr.State.change does not fire for
     Timer updates in Gradio 6.31)."""
-    from sashimi_core.sashimi import PRESETS
-
     h = TrainHandlers(settings)
-    presets = list(settings.train_presets or PRESETS)
+    presets = list(jobs.training_presets(settings))
     if not settings.training:
         gr.Markdown("**Note:** Training is turned off on this public server (it would share one CPU with everyone). "
                     "Run the app locally (`python app.py`) to train; finished runs can be uploaded as "

@@ -30,41 +30,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sashimi_core.nn.registry import ARCHITECTURES
+from sashimi_core.ops.metrics import non_finite
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
-_ARCHITECTURES: dict[str, tuple[type, type]] = {}
 
 # Bounds every architecture shares (each config class adds its own in LIMITS and size_limits()).
 MAX_PARAMETERS = 64_000_000  # largest preset: samplernn-2tier, 51.85M
 COMMON_LIMITS = {"n_tokens": (2, 65536), "sample_rate": (1000, 192000), "quantization": ("mu-law", "linear")}
-
-
-def non_finite(named_tensors) -> list[str]:
-    """Names of the floating-point tensors in (name, tensor) pairs that hold NaN or inf."""
-    named = [(k, v) for k, v in named_tensors if v.is_floating_point()]
-    if not named:
-        return []
-    flags = torch.stack([torch.isfinite(v).all() for _, v in named]).tolist()  # one host sync on a GPU
-    return [k for (k, _), ok in zip(named, flags, strict=True) if not ok]
-
-
-def register_architecture(name: str, config_cls: type, model_cls: type) -> None:
-    """Make ``load_model`` able to build ``model_cls(config_cls(**config))`` for config.json's architecture."""
-    _ARCHITECTURES[name] = (config_cls, model_cls)
-
-
-def _architectures() -> dict[str, tuple[type, type]]:
-    if "sashimi" not in _ARCHITECTURES:
-        from sashimi_core.sashimi import SaShiMi, SaShiMiConfig
-
-        register_architecture("sashimi", SaShiMiConfig, SaShiMi)
-    try:  # baselines register themselves on import
-        import sashimi_core.baselines  # noqa: F401
-    except ImportError:
-        pass
-    return _ARCHITECTURES
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -263,7 +239,7 @@ def validate_config(architecture, fields, source: str = "config"):
     Each field's type (from the config class's annotations), its bounds (COMMON_LIMITS and the class's LIMITS), the
     parameter count (config.n_parameters(), at most MAX_PARAMETERS) and the class's size_limits() are checked;
     a violation raises ValueError naming the field, its value and the bound. Unknown keys warn, missing ones default."""
-    archs = _architectures()
+    archs = ARCHITECTURES
     if not isinstance(architecture, str) or architecture not in archs:
         raise ValueError(f"unknown architecture {_short(architecture)} in {source}; known: {sorted(archs)}")
     if not isinstance(fields, dict):
@@ -295,7 +271,7 @@ def validate_config(architecture, fields, source: str = "config"):
 def build_model(architecture: str, fields: dict, source: str = "config"):
     """Instantiate a model from an architecture name and config fields, validated first (validate_config)."""
     cfg = validate_config(architecture, fields, source)
-    return _architectures()[architecture][1](cfg)
+    return ARCHITECTURES[architecture][1](cfg)
 
 
 def load_model(directory, map_location: str | torch.device = "cpu") -> torch.nn.Module:
@@ -306,7 +282,7 @@ def load_model(directory, map_location: str | torch.device = "cpu") -> torch.nn.
     config = read_config(directory)
     cfg = validate_config(config["architecture"], config["config"], str(directory / CONFIG_FILE))
     weights = _weights_path(directory, config)
-    model = _architectures()[config["architecture"]][1](cfg)
+    model = ARCHITECTURES[config["architecture"]][1](cfg)
     try:
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -340,7 +316,7 @@ def list_checkpoints(roots=None) -> list[dict]:
     validated (validate_config) and its metadata a dict. Malformed folders are skipped with a warning, so one
     bad run never hides the others. A run folder's checkpoint may sit in a ``checkpoint/`` sub-folder (train.py)."""
     if roots is None:
-        shipped = Path(__file__).resolve().parent.parent / "checkpoints"
+        shipped = Path(__file__).resolve().parents[1] / "checkpoints"
         roots = [(shipped, True), (runs_dir(), False)]
     out = []
     for root, shipped in roots:
@@ -366,7 +342,7 @@ def _list_entry(folder: Path) -> dict | None:
     Raises ValueError if config.json is malformed."""
     config = read_config(folder)
     source, arch = str(folder / CONFIG_FILE), config["architecture"]
-    known = _architectures()
+    known = ARCHITECTURES
     if isinstance(arch, str) and arch in known and not hasattr(known[arch][1], "start"):
         return None
     validate_config(arch, config["config"], source)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from sashimi_core.checkpoint import validate_config
-from sashimi_core.sashimi import Backbone, SaShiMiConfig
+from sashimi_core.nn.sashimi import Backbone, SaShiMiConfig
 
 # The reference Sashimi's defaults for the config keys we map (our SaShiMiConfig has the same ones).
 _REFERENCE_DEFAULTS = {"d_model": 64, "n_layers": 8, "pool": (4, 4), "expand": 2, "ff": 2, "unet": False,

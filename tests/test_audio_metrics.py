@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sashimi_core import audio_metrics as am
-from sashimi_core.classifier import ClassifierConfig, DigitClassifier
+from sashimi_core.evaluate import audio_metrics as am
+from sashimi_core.evaluate.classifier import ClassifierConfig, DigitClassifier
 
 
 def soft_onehot(labels, k: int = 10, a: float = 0.1) -> np.ndarray:

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from sashimi_core import generate, load_model, save_model
-from sashimi_core.baselines import BASELINE_PRESETS, SampleRNN, SampleRNNConfig, WaveNetConfig, build
-from sashimi_core.sashimi import PRESETS, SaShiMi
+from sashimi_core.nn.registry import BASELINE_PRESETS, SampleRNN, SampleRNNConfig, WaveNetConfig, build
+from sashimi_core.nn.sashimi import PRESETS, SaShiMi
 
 TINY = ["sashimi-tiny", "wavenet-tiny", "samplernn-tiny"]
 L = 48  # > the tiny WaveNet's receptive field (31) and three top frames of the tiny SampleRNN (16 samples)

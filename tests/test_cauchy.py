@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import sashimi_core.cauchy as cauchy_mod
-from sashimi_core.cauchy import cauchy, cauchy_direct
+import sashimi_core.ops.cauchy as cauchy_mod
+from sashimi_core.ops.cauchy import cauchy, cauchy_direct
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def test_triton_missing_gives_runtime_error():
 import sys
 sys.modules["triton"] = None  # `import triton` now raises ImportError
 import torch
-from sashimi_core.cauchy import cauchy
+from sashimi_core.ops.cauchy import cauchy
 v, z, w = torch.ones(2, 3, dtype=torch.complex64), 1j * torch.arange(4.0).to(torch.complex64), -torch.ones(3)
 assert cauchy(v, z, w.to(v.dtype)).shape == (2, 4)  # auto falls back to torch quietly
 try:
@@ -162,8 +162,8 @@ except RuntimeError as e:
 _TRITON_CHECK = """
 import json, warnings
 import torch
-from sashimi_core.cauchy import cauchy, cauchy_direct
-from sashimi_core import cauchy_triton as ct
+from sashimi_core.ops.cauchy import cauchy, cauchy_direct
+from sashimi_core.ops import cauchy_triton as ct
 warnings.simplefilter("ignore")  # the interpreter warns about 1/0 in masked lanes
 exec(INPUTS_SRC)
 results = []
@@ -185,7 +185,7 @@ for dtype in (torch.complex64, torch.complex128):
                                 gw_direct=rel(gt[1], gref[1]), gv_torch=rel(gt[0], gtorch[0]),
                                 gw_torch=rel(gt[1], gtorch[1])))
 # end to end: an S4 kernel (NPLR, conj=True, broadcast w) with the Triton backend vs the torch backend
-from sashimi_core.s4 import S4Kernel
+from sashimi_core.nn.s4 import S4Kernel
 torch.manual_seed(0)
 kt = S4Kernel(4, 16, n_ssm=1, cauchy_backend="triton")
 kc = S4Kernel(4, 16, n_ssm=1, cauchy_backend="torch")

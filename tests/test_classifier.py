@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sashimi_core.classifier import (
+from sashimi_core.evaluate.classifier import (
     DEFAULT_PATH,
     DIGITS,
     ClassifierConfig,

@@ -7,12 +7,13 @@ import time
 import pytest
 import torch
 
-from sashimi_core import PRESETS, SaShiMi, load_model, sashimi, save_model
-from sashimi_core.baselines import BASELINE_PRESETS, MODEL_CLASSES, SampleRNNConfig, WaveNetConfig
+from sashimi_core import PRESETS, SaShiMi, load_model, save_model
 from sashimi_core.checkpoint import MAX_PARAMETERS, build_model, validate_config
+from sashimi_core.nn import sashimi
+from sashimi_core.nn.registry import BASELINE_PRESETS, MODEL_CLASSES, SampleRNNConfig, WaveNetConfig
+from sashimi_core.nn.sashimi import SaShiMiConfig
 from sashimi_core.reference import backbone_from_reference
-from sashimi_core.sashimi import SaShiMiConfig
-from sashimi_core.train import TrainConfig, model_fields
+from sashimi_core.train.trainer import TrainConfig, model_fields
 
 ALL_PRESETS = {**PRESETS, **BASELINE_PRESETS}
 # The audit's configs (sashimi): each cost seconds to minutes, or GBs, before the refusal. field -> message part.

@@ -22,7 +22,7 @@ from sashimi_core.data.loaders import (
     speech_commands_set,
     split_files,
 )
-from sashimi_core.quantize import ZERO_TOKEN, decode, encode
+from sashimi_core.ops.quantize import ZERO_TOKEN, decode, encode
 
 REPO = Path(__file__).resolve().parents[1]
 

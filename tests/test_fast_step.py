@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sashimi_core import PRESETS, SaShiMi, generate
-from sashimi_core.fast_step import FastSaShiMi, engine_for, supports
-from sashimi_core.sashimi import with_overrides
+from sashimi_core.generation.fast_step import FastSaShiMi, engine_for, supports
+from sashimi_core.nn.sashimi import with_overrides
 
 
 def _perturbed(name, seed=0):
@@ -23,7 +23,7 @@ def test_engine_gelu_matches_exact_gelu():
     """The scalar GELU and the 8-lane one (`_gelu_rows`: whole vectors plus a scalar tail of 5 per row)."""
     from numba import njit
 
-    from sashimi_core.fast_kernels import _gelu, _gelu_rows
+    from sashimi_core.ops.fast_kernels import _gelu, _gelu_rows
 
     @njit
     def apply(x, out):
@@ -44,7 +44,7 @@ def test_engine_gelu_matches_exact_gelu():
 @pytest.mark.parametrize("n_in,n_out", [(4, 16), (7, 24), (64, 40), (33, 5)])
 def test_engine_linear_matches_numpy(batch, n_in, n_out):
     """Every row tile (4, 2, 1 rows), odd input counts (the one-row kernel's two chains) and a partial strip."""
-    from sashimi_core.fast_kernels import _linear, strip_pack
+    from sashimi_core.ops.fast_kernels import _linear, strip_pack
 
     rng = np.random.default_rng(n_in)
     w, b = rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
@@ -128,7 +128,7 @@ def test_fast_greedy_matches_torch_greedy():
 def test_cost_counts_the_work_the_torch_step_does(name):
     """`FastSaShiMi.cost` against hooks on the torch step over one pooling cycle (16 steps): every Linear's
     multiply-adds and every S4 step's modes, divided by the samples stepped."""
-    from sashimi_core.s4 import S4Block
+    from sashimi_core.nn.s4 import S4Block
 
     torch.manual_seed(0)
     model = SaShiMi(PRESETS[name]).eval()
@@ -159,8 +159,8 @@ def test_cost_counts_the_work_the_torch_step_does(name):
 def test_engine_sampler_draws_from_the_tempered_nucleus(temperature, top_p):
     """`_sample_row`'s draws follow softmax(logits / T) cut to the smallest top set holding top_p of the mass;
     it returns the model's NLL of the draw (at T = 1, no cut) and the entropy of the distribution it drew from."""
-    from sashimi_core.fast_kernels import _sample_row
-    from sashimi_core.fast_step import seed_rng
+    from sashimi_core.generation.fast_step import seed_rng
+    from sashimi_core.ops.fast_kernels import _sample_row
 
     lg = np.random.default_rng(3).normal(0, 1.5, 16).astype(np.float32)
     w = np.exp((lg.astype(np.float64) - lg.max()) / temperature)

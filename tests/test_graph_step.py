@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from sashimi_core import PRESETS, SaShiMi, generate
-from sashimi_core.baselines import WaveNet, WaveNetConfig
-from sashimi_core.graph_step import GraphSampler
-from sashimi_core.s4 import S4Block
-from sashimi_core.sampler import sample_from_uniform
-from sashimi_core.sashimi import with_overrides
+from sashimi_core.generation.graph_step import GraphSampler
+from sashimi_core.generation.sampling import sample_from_uniform
+from sashimi_core.nn.registry import WaveNet, WaveNetConfig
+from sashimi_core.nn.s4 import S4Block
+from sashimi_core.nn.sashimi import with_overrides
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -168,7 +168,7 @@ def _three_sources(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     codec, as with quantize_real) and white noise (the anchor)."""
     import torch
 
-    from sashimi_core.quantize import mu_law_decode, mu_law_encode
+    from sashimi_core.ops.quantize import mu_law_decode, mu_law_encode
 
     tokens = np.clip(128 + np.round(rng.normal(0.0, 3.0, n)), 0, 255).astype(np.int64)
     clicks = rng.choice(n, 20, replace=False)

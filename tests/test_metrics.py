@@ -7,9 +7,9 @@ import soundfile as sf
 import torch
 
 from sashimi_core import PRESETS, SaShiMi
-from sashimi_core.evaluate import evaluate
-from sashimi_core.metrics import log_mel, mean_ci, nll_bits, t_ppf, unigram_entropy_bits
-from sashimi_core.spectrogram import png_bytes_plain, wav_bytes, write_sample
+from sashimi_core.evaluate.nll import evaluate
+from sashimi_core.evaluate.spectrogram import png_bytes_plain, wav_bytes, write_sample
+from sashimi_core.ops.metrics import log_mel, mean_ci, nll_bits, t_ppf, unigram_entropy_bits
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

@@ -1,4 +1,4 @@
-"""Quality proxies (sashimi_core.quality) on signals whose answers are known, and `python -m bench quality`."""
+"""Quality proxies (sashimi_core.evaluate.quality) on signals whose answers are known, and `python -m bench quality`."""
 import json
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app_helpers import make_tiny_checkpoint, write_audio
-from sashimi_core import quality
+from sashimi_core.evaluate import quality
 
 SR = 16000
 

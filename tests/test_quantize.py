@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sashimi_core.quantize import (
+from sashimi_core.ops.quantize import (
     ZERO_TOKEN,
     decode,
     encode,

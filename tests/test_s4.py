@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from conftest import run_steps
-from sashimi_core import s4
-from sashimi_core.hippo import nplr_legs
-from sashimi_core.s4 import S4Block, _Woodbury, fft_conv
+from sashimi_core.nn import s4
+from sashimi_core.nn.hippo import nplr_legs
+from sashimi_core.nn.s4 import S4Block, _Woodbury, fft_conv
 
 
 def _perturb_dt(block, seed=0):

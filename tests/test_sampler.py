@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sashimi_core import PRESETS, SaShiMi, generate
-from sashimi_core.sampler import top_p_filter
+from sashimi_core.generation.sampling import top_p_filter
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_prompt_is_kept_and_modes_agree(model, mode):
 def test_shared_prompt_is_read_once_with_its_nll(model):
     """A (T,) prompt is read for one row and its state copied: the same tokens as the (n, T) prompt read row by
     row, and the prompt's NLL from the same pass equals a teacher-forced forward pass."""
-    from sashimi_core.metrics import nll_bits
+    from sashimi_core.ops.metrics import nll_bits
 
     prompt = torch.randint(0, 256, (300,))
     shared, s1 = generate(model, 30, prompt=prompt, n_samples=3, seed=4, return_stats=True)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import run_steps
+from sashimi_core.nn.sashimi import PRESETS, SaShiMi, with_overrides
 from sashimi_core.reference import backbone_from_reference
-from sashimi_core.sashimi import PRESETS, SaShiMi, with_overrides
 
 PAPER_PARAMS = {  # YouTubeMix ablation, paper Table 5
     "sashimi-2": 1.29e6, "sashimi-4": 2.21e6, "sashimi-6": 3.13e6, "sashimi-8": 4.05e6,

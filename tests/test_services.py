@@ -94,7 +94,7 @@ def test_public_mode_shows_no_server_folders(settings):
 
 
 def test_non_generative_checkpoints_are_not_listed(settings, tmp_path):
-    classifier = pytest.importorskip("sashimi_core.classifier")
+    classifier = pytest.importorskip("sashimi_core.evaluate.classifier")
     from sashimi_core import save_model
 
     save_model(classifier.DigitClassifier(classifier.ClassifierConfig()), tmp_path / "shipped" / "digits")

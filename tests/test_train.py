@@ -17,9 +17,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from sashimi_core import PRESETS, SaShiMi, load_model, run_state
-from sashimi_core import train as train_mod
-from sashimi_core.train import TrainConfig, TrainingFailed, lr_scale, main, param_groups, train
+from sashimi_core import PRESETS, SaShiMi, load_model
+from sashimi_core.train import run_state
+from sashimi_core.train import trainer as train_mod
+from sashimi_core.train.trainer import TrainConfig, TrainingFailed, lr_scale, main, param_groups, train
 
 ROOT = Path(__file__).resolve().parent.parent
 # sashimi-tiny on short clips: a step takes well under a second on one core.

@@ -122,7 +122,7 @@ def mu_law_smear(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Move each sample uniformly within +-half a step of the 8-bit mu-law codec, in its compressed domain:
     (n,) float -> (n,) float64. A clip on the codec's grid becomes continuous, and a gain then moves it onto
     the final grid as densely as any other clip; the added noise equals the codec's own quantisation noise."""
-    from sashimi_core.quantize import LEVELS, ZERO_TOKEN, mu_law_decode
+    from sashimi_core.ops.quantize import LEVELS, ZERO_TOKEN, mu_law_decode
 
     x = np.clip(np.asarray(audio, dtype=np.float64), -1.0, 1.0)
     mu = LEVELS - 1
@@ -136,7 +136,7 @@ def to_pcm16(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The final codec: (n,) float -> 8-bit mu-law -> (n,) int16 with TPDF dither of +-1 LSB."""
     import torch
 
-    from sashimi_core.quantize import mu_law_decode, mu_law_encode
+    from sashimi_core.ops.quantize import mu_law_decode, mu_law_encode
 
     coded = mu_law_decode(mu_law_encode(torch.from_numpy(np.asarray(audio, dtype=np.float64)))).numpy()
     tpdf = rng.uniform(-0.5, 0.5, len(coded)) + rng.uniform(-0.5, 0.5, len(coded))

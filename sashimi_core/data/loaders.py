@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..quantize import encode
+from ..ops.quantize import encode
 from . import common
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def split_files(root: str | os.PathLike, split: str, layout: str | None = None) 
 class AudioClipDataset(Dataset):
     """Token clips from one split of an audio folder.
 
-    Item ``i`` is an int64 tensor (length,) of tokens in [0, 255] (``sashimi_core.quantize.encode``);
+    Item ``i`` is an int64 tensor (length,) of tokens in [0, 255] (``sashimi_core.ops.quantize.encode``);
     silence padding encodes to token 128. Each file contributes ``n // length`` segments plus one for a tail
     of at least ``min_length`` samples (padded with silence at the end, as SC09 clips are), so a file shorter
     than ``length`` gives one padded item and one shorter than ``min_length`` (default ``length // 8``) is

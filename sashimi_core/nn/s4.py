@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sashimi_core.cauchy import cauchy
-from sashimi_core.hippo import nplr_legs
+from sashimi_core.nn.hippo import nplr_legs
+from sashimi_core.ops.cauchy import cauchy
 
 STATE_MATMUL_ELEMENTS = 1 << 22  # bound on the (H, rows, chunks, N) partial states of state_from_sequence
 

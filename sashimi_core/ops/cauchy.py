@@ -28,7 +28,7 @@ BACKENDS = ("auto", "direct", "naive", "torch", "numba", "triton")
 _CHUNK_ELEMENTS = 1 << 21  # complex elements per (..., N, chunk) intermediate: 16 MB at complex64
 
 try:  # Triton is optional: GPU machines (and TRITON_INTERPRET=1 tests) only.
-    from sashimi_core import cauchy_triton as _cauchy_triton
+    from sashimi_core.ops import cauchy_triton as _cauchy_triton
 
     _TRITON_ERROR = None
 except Exception as exc:  # ImportError, or a Triton that fails to initialise
@@ -36,7 +36,7 @@ except Exception as exc:  # ImportError, or a Triton that fails to initialise
     _TRITON_ERROR = exc
 
 try:  # numba comes with librosa; without it the chunked torch backend is used
-    from sashimi_core import cauchy_cpu as _cauchy_cpu
+    from sashimi_core.ops import cauchy_cpu as _cauchy_cpu
 except ImportError as exc:
     _cauchy_cpu = None
     _NUMBA_ERROR = exc

@@ -189,8 +189,8 @@ def clip_proxies(audio, sample_rate: int, pitch: bool = True, pitch_seconds: flo
 def summarize(rows: list[dict], keys=METRICS, confidence: float = 0.95) -> dict:
     """Per-clip proxy dicts -> {key: {"mean", "ci_low", "ci_high", "n"}} over the clips where the value is
     finite (n of them; mean NaN when none, bounds NaN when fewer than two): a Student-t interval of the
-    mean over clips (``sashimi_core.metrics.mean_ci``)."""
-    from sashimi_core.metrics import mean_ci
+    mean over clips (``sashimi_core.ops.metrics.mean_ci``)."""
+    from sashimi_core.ops.metrics import mean_ci
 
     out = {}
     for key in keys:

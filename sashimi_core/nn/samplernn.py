@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sashimi_core.metrics import nll_bits
-from sashimi_core.quantize import ZERO_TOKEN, linear_decode, mu_law_decode
+from sashimi_core.ops.metrics import nll_bits
+from sashimi_core.ops.quantize import ZERO_TOKEN, linear_decode, mu_law_decode
 
 # Bounds on configs built from untrusted JSON (checkpoint.validate_config); the parameter count is capped there.
 MAX_TIERS = 4  # len(frame_sizes) (presets: 2, 3)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sashimi_core.metrics import mean_ci, nll_bits
+from sashimi_core.ops.metrics import mean_ci, nll_bits
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,3 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(Path(args.json), res)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from sashimi_core.metrics import nll_bits
-from sashimi_core.quantize import ZERO_TOKEN
-from sashimi_core.s4 import S4Block
+from sashimi_core.nn.s4 import S4Block
+from sashimi_core.ops.metrics import nll_bits
+from sashimi_core.ops.quantize import ZERO_TOKEN
 
 # Bounds on configs built from untrusted JSON (checkpoint.validate_config checks them before anything is built).
 # Generous for the presets and paper-sized models. HiPPO setup costs O(d_state^3) per S4 layer (~50 ms at

@@ -101,3 +101,12 @@ def log_mel(audio, sample_rate: int, n_mels: int = 80, n_fft: int = 1024, hop_le
 
 # ------------------------------------------------------------------------------------------ classifier metrics
 # SC09 digit-classifier metrics (FID, IS, mIS, AM) go here.
+
+
+def non_finite(named_tensors) -> list[str]:
+    """Names of the floating-point tensors in (name, tensor) pairs that hold NaN or inf."""
+    named = [(k, v) for k, v in named_tensors if v.is_floating_point()]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(v).all() for _, v in named]).tolist()  # one host sync on a GPU
+    return [k for (k, _), ok in zip(named, flags, strict=True) if not ok]

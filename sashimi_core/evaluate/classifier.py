@@ -16,7 +16,7 @@ see content rather than a model's quantiser.
 Checkpoint: the ``sashimi_core.checkpoint`` folder format (config.json with architecture ``sc09-classifier``,
 model.safetensors, README.md card); the mel filterbank is a stored buffer, so features do not depend on the
 installed librosa. Load with :func:`load_classifier`. Train with
-``python -m sashimi_core.classifier train --data data/sc09-synth --out checkpoints/sc09-classifier``.
+``python -m sashimi_core.evaluate.classifier train --data data/sc09-synth --out checkpoints/sc09-classifier``.
 """
 from __future__ import annotations
 
@@ -33,12 +33,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sashimi_core import checkpoint
+from sashimi_core.nn.registry import register_architecture
 
 log = logging.getLogger(__name__)
 
 ARCHITECTURE = "sc09-classifier"
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "sc09-classifier"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "checkpoints" / "sc09-classifier"
 
 
 @dataclass
@@ -154,7 +155,7 @@ class DigitClassifier(nn.Module):
                 np.concatenate(probs) if probs else np.zeros((0, K)))
 
 
-checkpoint.register_architecture(ARCHITECTURE, ClassifierConfig, DigitClassifier)
+register_architecture(ARCHITECTURE, ClassifierConfig, DigitClassifier)
 
 
 def load_classifier(path=DEFAULT_PATH, map_location="cpu") -> DigitClassifier:
@@ -194,7 +195,7 @@ def load_split(root, split: str, limit: int | None = None) -> tuple[np.ndarray, 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Training augmentation of a batch (B, T): random shift (+-150 ms, zero fill), gain (-20..+3 dB, clipped),
     white noise (half the clips, -70..-30 dBFS RMS) and 8-bit re-quantisation (30%: mu-law, 10%: linear)."""
-    from sashimi_core.quantize import decode, encode
+    from sashimi_core.ops.quantize import decode, encode
 
     B, T = x.shape
     u = lambda *s: torch.rand(*s, generator=generator)
@@ -308,7 +309,7 @@ def model_card(model: DigitClassifier, r: dict) -> str:
     recipe = f" recipe {r['dataset_recipe']}" if r.get("dataset_recipe") else ""
     refs = ""
     if r.get("reference_metrics"):
-        refs = ("\n## Reference metric values (real clips, `python -m sashimi_core.audio_metrics`)\n"
+        refs = ("\n## Reference metric values (real clips, `python -m sashimi_core.evaluate.audio_metrics`)\n"
                 "| generated set | vs real set | n | FID | IS | mIS | AM | recogniser share (acc.) |\n"
                 "|---|---|---|---|---|---|---|---|\n")
         for m in r["reference_metrics"]:
@@ -334,7 +335,7 @@ metrics:
 # sc09-classifier
 
 Compact log-mel CNN ({n:,} parameters) that classifies 1-s 16 kHz spoken digits "zero".."nine". It is the
-feature extractor of `sashimi_core.audio_metrics` (FID on its {c.channels[-1]}-d penultimate features; IS,
+feature extractor of `sashimi_core.evaluate.audio_metrics` (FID on its {c.channels[-1]}-d penultimate features; IS,
 mIS and AM on its softmax), standing in for the ResNeXt SC09 classifier of SaShiMi/DiffWave.
 
 ## Intended use
@@ -368,7 +369,8 @@ much lower, so retrain it on real data before scoring models trained on real dat
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sashimi_core.classifier", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sashimi_core.evaluate.classifier",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the digit classifier")
     for name, default in vars(TrainConfig()).items():

@@ -53,8 +53,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from sashimi_core.checkpoint import atomic_write_json, build_model, save_model, validate_config
-from sashimi_core.evaluate import evaluate
-from sashimi_core.run_state import RunLog, discard_partial_state, find_state, load_state, save_state
+from sashimi_core.evaluate.nll import evaluate
+from sashimi_core.nn.registry import ALL_PRESETS
+from sashimi_core.train.run_state import RunLog, discard_partial_state, find_state, load_state, save_state
 
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
@@ -106,17 +107,6 @@ class TrainingFailed(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ model config
-def all_presets() -> dict:
-    """Every model preset: SaShiMi's (sashimi.PRESETS) and the baselines' (baselines.BASELINE_PRESETS)."""
-    from sashimi_core.sashimi import PRESETS
-
-    try:
-        from sashimi_core.baselines import BASELINE_PRESETS
-    except ImportError:
-        BASELINE_PRESETS = {}
-    return {**BASELINE_PRESETS, **PRESETS}
-
-
 def coerce_override(text, current):
     """Parse an override value (JSON, or a bare word / comma list) to the type of the current value."""
     if not isinstance(text, str):
@@ -137,7 +127,7 @@ def coerce_override(text, current):
 def model_fields(cfg: TrainConfig) -> tuple[str, dict]:
     """(architecture, model config fields): the preset, then overrides, then --quantization; validated (types and
     size bounds, checkpoint.validate_config) before any data is read or model built."""
-    presets = {k: v for k, v in all_presets().items() if cfg.architecture in (None, v.architecture)}
+    presets = {k: v for k, v in ALL_PRESETS.items() if cfg.architecture in (None, v.architecture)}
     if not presets:
         raise ValueError(f"unknown architecture {cfg.architecture!r}; known: sashimi, wavenet, samplernn")
     if cfg.preset not in presets:
@@ -493,9 +483,9 @@ def train(cfg: TrainConfig) -> dict:
 
 def write_samples(model, out: Path, step: int, cfg: TrainConfig, runlog: RunLog, stop=None) -> None:
     """Generate cfg.sample_seconds of unconditional audio (seed cfg.seed); write WAV + PNG; log the line."""
-    from sashimi_core.quantize import decode
-    from sashimi_core.sampler import generate
-    from sashimi_core.spectrogram import write_sample
+    from sashimi_core.evaluate.spectrogram import write_sample
+    from sashimi_core.generation.sampler import generate
+    from sashimi_core.ops.quantize import decode
 
     n = max(1, int(cfg.sample_seconds * model.cfg.sample_rate))
     tokens, stats = generate(model, n, seed=cfg.seed, return_stats=True, stop=stop)
@@ -558,6 +548,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.out}: step {run['step']}, {run['samples_seen']:,} samples{val}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

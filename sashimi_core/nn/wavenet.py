@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sashimi_core.metrics import nll_bits
-from sashimi_core.quantize import ZERO_TOKEN
+from sashimi_core.ops.metrics import nll_bits
+from sashimi_core.ops.quantize import ZERO_TOKEN
 
 # Bounds on configs built from untrusted JSON (checkpoint.validate_config). The sampling tables grow with
 # 2^n_layers * n_blocks * n_layers * (kernel_size - 1), so those three stay near the paper's 4 x 10 x 2.

@@ -1,7 +1,7 @@
 """Automatic metrics for unconditional spoken-digit generation (SC09): FID, IS, mIS, AM, recogniser share.
 
 SaShiMi (Goel et al. 2022, §5.2, App. C.2) scores SC09 samples as DiffWave (Kong et al. 2021, §5.2 and
-App. D) does, with a digit classifier (here :mod:`sashimi_core.classifier`):
+App. D) does, with a digit classifier (here :mod:`sashimi_core.evaluate.classifier`):
 
 - FID (Heusel et al. 2017): Fréchet distance between Gaussians fitted to the classifier's penultimate
   features of generated and real clips, ``|mu_g - mu_r|^2 + Tr(S_g + S_r - 2 (S_r^1/2 S_g S_r^1/2)^1/2)``.
@@ -23,7 +23,7 @@ App. D) does, with a digit classifier (here :mod:`sashimi_core.classifier`):
 Entropies use natural logs. Scores from this classifier are comparable with each other only, never with the
 papers' SC09 numbers (different classifier, different data).
 
-CLI: ``python -m sashimi_core.audio_metrics --generated DIR --real data/sc09-synth [--split test --n 500]``.
+CLI: ``python -m sashimi_core.evaluate.audio_metrics --generated DIR --real data/sc09-synth [--split test --n 500]``.
 """
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def evaluate_audio(generated: np.ndarray, real: np.ndarray, classifier=None, rea
     Args:
         generated: (N_g, T) float in [-1, 1], 16 kHz (T = 16000; others are centre-cropped/padded).
         real: (N_r, T) real clips (e.g. the test split), the FID reference and the source of p*(y).
-        classifier: a :class:`~sashimi_core.classifier.DigitClassifier` (default: the shipped one).
+        classifier: a :class:`~sashimi_core.evaluate.classifier.DigitClassifier` (default: the shipped one).
         real_labels: optional (N_r,) int labels of the real clips, for the classifier's (and recogniser's)
             accuracy on them.
         recogniser: also run pocketsphinx (slow, ~0.1 s a clip) for the recogniser share.
@@ -145,7 +145,7 @@ def evaluate_audio(generated: np.ndarray, real: np.ndarray, classifier=None, rea
         ``reference`` holds the upper references (the real set scored against itself: its AM is its mean
         entropy, its FID would be 0).
     """
-    from sashimi_core.classifier import load_classifier
+    from sashimi_core.evaluate.classifier import load_classifier
 
     generated, real = np.asarray(generated, np.float32), np.asarray(real, np.float32)
     if generated.ndim != 2 or real.ndim != 2 or len(generated) < 2 or len(real) < 2:
@@ -252,8 +252,8 @@ def load_clips(files, length: int = 16000) -> np.ndarray:
 def real_clips(root, split: str = "test", n: int | None = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random subset of n clips (all if None) of a data set's split (any layout ``sashimi_core.data``
     reads) -> audio (n, 16000) float32, labels (n,) int64 from the digit folder names (-1 if not a digit)."""
-    from sashimi_core.classifier import DIGITS
     from sashimi_core.data.loaders import split_files
+    from sashimi_core.evaluate.classifier import DIGITS
 
     files = split_files(root, split)
     if not files:
@@ -266,7 +266,7 @@ def real_clips(root, split: str = "test", n: int | None = 500, seed: int = 0) ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sashimi_core.audio_metrics",
+    parser = argparse.ArgumentParser(prog="python -m sashimi_core.evaluate.audio_metrics",
                                      description="FID / IS / mIS / AM (+ pocketsphinx share) of generated digits.")
     parser.add_argument("--generated", help="folder of generated clips (any audio files, searched recursively); "
                         "omit to score a second real split (--generated-split) as the upper reference")
@@ -282,8 +282,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 
-    from sashimi_core.classifier import load_classifier
     from sashimi_core.data.loaders import list_audio
+    from sashimi_core.evaluate.classifier import load_classifier
 
     torch.set_num_threads(1)
     n = args.n or None

@@ -21,8 +21,8 @@ import math
 
 import torch
 
-from sashimi_core import sampler  # (sampler imports this module: attribute looked up at call time)
-from sashimi_core.sashimi import flatten_state, unflatten_state
+from sashimi_core.generation.sampling import accumulate_stats, sample_from_uniform
+from sashimi_core.nn.sashimi import flatten_state, unflatten_state
 
 
 def supports(model) -> bool:
@@ -60,9 +60,9 @@ class GraphSampler:
 
     def _body(self, phase: int) -> None:
         """One step at phase t % period: sample from self.logits with self.u, step the model, write back."""
-        token, logp = sampler.sample_from_uniform(self.logits, self.temperature, self.top_p, self.u)
+        token, logp = sample_from_uniform(self.logits, self.temperature, self.top_p, self.u)
         self.token.copy_(token)
-        sampler.accumulate_stats(self.nll, self.ent, self.logits, token, logp)
+        accumulate_stats(self.nll, self.ent, self.logits, token, logp)
         state = (phase,) + unflatten_state(self.spec, self.leaves)  # phase gives step t's control flow
         logits, new_state = self.model.step(token, state)
         new_leaves: list = []

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sashimi_core.checkpoint import atomic_write_bytes
-from sashimi_core.metrics import log_mel
+from sashimi_core.ops.metrics import log_mel
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 try:
     from numba import njit, prange
 
-    from sashimi_core.simd import prefetch, vadd, vdiv, vfma, vload, vmax, vmin, vmul, vsplat, vstore, vsub
+    from sashimi_core.ops.simd import prefetch, vadd, vdiv, vfma, vload, vmax, vmin, vmul, vsplat, vstore, vsub
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - numba comes with librosa

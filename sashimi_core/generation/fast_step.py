@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sashimi_core.fast_kernels import (
+from sashimi_core.nn.sashimi import flatten_state
+from sashimi_core.ops.fast_kernels import (
     ACT,
     ACT_GLU,
     ACT_ID,
@@ -39,7 +40,6 @@ from sashimi_core.fast_kernels import (
     strip_pack,
     tile_channels,
 )
-from sashimi_core.sashimi import flatten_state
 
 if HAVE_NUMBA:
     import numba
@@ -111,8 +111,8 @@ class FastSaShiMi:
     def __init__(self, model):
         if not supports(model):
             raise ValueError("the fast engine supports SaShiMi models with unet=False (and needs numba)")
-        from sashimi_core.s4 import S4Block
-        from sashimi_core.sashimi import FFBlock
+        from sashimi_core.nn.s4 import S4Block
+        from sashimi_core.nn.sashimi import FFBlock
 
         self.model = model
         cfg = model.cfg

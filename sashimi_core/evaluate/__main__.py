@@ -1,0 +1,5 @@
+import sys
+
+from sashimi_core.evaluate.nll import main
+
+sys.exit(main())
