@@ -82,6 +82,12 @@ class LaunchedApp:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
+    def __enter__(self) -> LaunchedApp:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -3,38 +3,23 @@ clicks Generate, waits for the result audio and its spectrogram, and saves scree
 dir (set E2E_SCREENSHOTS=<folder> to also copy them there). Never runs `playwright install`."""
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
+from browser_helpers import BROWSER_TEST, chromium, shot
 
 from app_helpers import ROOT, LaunchedApp, make_tiny_checkpoint
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required"]
-
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs chromium (apt-get install chromium)")]
+pytestmark = BROWSER_TEST
 
 
 @pytest.fixture(scope="module")
 def browser_on_app(tmp_path_factory):
     """One app process and one Chromium for the module; each test opens its own page (fresh Gradio state)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     tmp = tmp_path_factory.mktemp("e2e")
     make_tiny_checkpoint(tmp / "runs" / "tiny")
-    app = LaunchedApp(tmp, tmp / "runs", tmp / "shipped")
-    try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            yield browser, app, tmp
-            browser.close()
-    finally:
-        app.stop()
+    with LaunchedApp(tmp, tmp / "runs", tmp / "shipped") as app, chromium() as browser:
+        yield browser, app, tmp
 
 
 @pytest.fixture
@@ -57,15 +42,6 @@ def _set_length(page, seconds: str) -> None:
     length.press("Enter")
 
 
-def _shot(page, tmp: Path, name: str, full_page: bool = True) -> Path:
-    path = tmp / name
-    page.screenshot(path=str(path), full_page=full_page)
-    if os.environ.get("E2E_SCREENSHOTS"):
-        Path(os.environ["E2E_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(os.environ["E2E_SCREENSHOTS"]) / name)
-    return path
-
-
 def test_upload_generate_shows_audio_and_spectrogram(page_on_app):
     page, tmp = page_on_app
     expect = pytest.importorskip("playwright.sync_api").expect
@@ -80,18 +56,18 @@ def test_upload_generate_shows_audio_and_spectrogram(page_on_app):
     summary = page.locator("#results-summary").inner_text()
     assert "seed" in summary and "prompt 0.6" in summary
     assert page.locator("#result-plot-0").get_by_text("prompt | continuation").count() >= 1
-    assert _shot(page, tmp, "generate.png").stat().st_size > 10_000
+    assert shot(page, tmp, "generate.png").stat().st_size > 10_000
 
 
 def test_other_tabs_render(page_on_app):
     page, tmp = page_on_app
     page.get_by_role("tab", name="Models").click()
     page.locator("#models-table").get_by_role("gridcell", name="tiny", exact=True).first.wait_for()
-    _shot(page, tmp, "models.png")
+    shot(page, tmp, "models.png")
     page.get_by_role("tab", name="Train").click()
     page.get_by_role("heading", name="1 · Data set").wait_for()
     page.get_by_text("sc09-synth: not built").wait_for()  # the Timer polled the build status
-    _shot(page, tmp, "train.png")
+    shot(page, tmp, "train.png")
 
 
 def test_new_checkpoint_reaches_the_model_picker(page_on_app):
@@ -113,7 +89,7 @@ def test_non_audio_upload_is_refused_on_upload_and_generate_still_works(page_on_
     page.locator("#prompt-audio input[type=file]").set_input_files(str(notes))
     page.get_by_text("is not an audio file we can read").first.wait_for()  # before any Generate click
     page.wait_for_timeout(800)  # the toast fades in
-    _shot(page, tmp, "bad_upload.png", full_page=False)  # the toast is fixed to the viewport
+    shot(page, tmp, "bad_upload.png", full_page=False)  # the toast is fixed to the viewport
     page.wait_for_function("() => !document.querySelector('#prompt-audio audio[src]')")  # the prompt was cleared
     page.locator("#prompt-audio input[type=file]").wait_for(state="attached")
     _set_length(page, "0.02")
@@ -131,7 +107,7 @@ def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(
     page.locator("#generate-btn").click()
     page.locator("#results-summary").get_by_text(re.compile(r"\d+ × [\d,]+/[\d,]+ samples")).first.wait_for(
         timeout=240_000)
-    _shot(page, tmp, "progress.png", full_page=False)
+    shot(page, tmp, "progress.png", full_page=False)
     before = seed_box.input_value()
     page.locator("#generate-btn").click()
     page.locator("#estimate").get_by_text("already running on this page").wait_for()
@@ -157,6 +133,6 @@ def test_live_player_plays_while_the_continuation_is_generated(page_on_app):
                            " return a && !a.paused && a.currentTime > 0.2; }", timeout=240_000)
     progress = page.locator("#results-summary").get_by_text(re.compile(r"\d+ × [\d,]+/[\d,]+ samples"))
     assert progress.count() >= 1, "the live player should play before generation ends"
-    _shot(page, tmp, "live.png", full_page=False)
+    shot(page, tmp, "live.png", full_page=False)
     page.locator("#stop-btn").click()
     page.locator("#results-summary").get_by_text("stopped early").wait_for(timeout=120_000)

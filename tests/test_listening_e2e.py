@@ -5,32 +5,18 @@ clip, one reloads mid-way and resumes, and the teacher sees the summary. Debian'
 never `playwright install`. Screenshots go to the pytest tmp dir (and to $E2E_SCREENSHOTS when set)."""
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+from browser_helpers import BROWSER_TEST, chromium, shot
 from listening_helpers import MODEL_NAMES, make_checkpoints, make_real_folder
 
 from app_helpers import LaunchedApp
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PASSWORD = "e2e-teacher"
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs chromium (apt-get install chromium)")]
-
-
-def _shot(page, tmp: Path, name: str) -> Path:
-    path = tmp / name
-    page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("E2E_SCREENSHOTS"):
-        Path(os.environ["E2E_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(os.environ["E2E_SCREENSHOTS"]) / name)
-    return path
+pytestmark = BROWSER_TEST
 
 
 def _number(page, elem_id: str, value: str) -> None:
@@ -66,7 +52,7 @@ def _rater(browser, url: str, code: str, scores: tuple[int, int], tmp: Path, nam
     done = 0
     while not page.locator("#listen-done").inner_text().startswith("Thank you"):
         if done == 1:
-            _shot(page, tmp, f"{name}-clip.png")
+            shot(page, tmp, f"{name}-clip.png")
         _rate_clip(page, scores)
         done += 1
         if done == reload_after:  # a reload resumes at the next clip (rater id kept in the browser)
@@ -74,66 +60,61 @@ def _rater(browser, url: str, code: str, scores: tuple[int, int], tmp: Path, nam
             page.wait_for_function(f"() => document.querySelector('#listen-progress b')?.innerText.startsWith("
                                    f"'{done + 1} /')")
     assert done == total
-    _shot(page, tmp, f"{name}-done.png")
+    shot(page, tmp, f"{name}-done.png")
     context.close()
     return total
 
 
 def test_two_raters_complete_a_test_and_the_teacher_sees_the_summary(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")  # skip before building anything
     make_checkpoints(tmp_path / "runs")
     make_real_folder(tmp_path / "data" / "digits")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SASHIMI_TEACHER_PASSWORD", PASSWORD)
         mp.setenv("SASHIMI_LISTENING_DIR", str(tmp_path / "listening"))
         app = LaunchedApp(tmp_path, tmp_path / "runs", tmp_path / "shipped")
-    try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            teacher = browser.new_page(viewport={"width": 1300, "height": 1000})
-            teacher.set_default_timeout(120_000)
-            teacher.goto(app.url)
-            teacher.get_by_role("tab", name="Listen").click()
-            teacher.locator("#listen-password input").fill(PASSWORD)
-            teacher.locator("#listen-unlock").click()
-            for name in MODEL_NAMES:
-                teacher.locator("#listen-systems label").filter(has_text=name).click()
-            teacher.get_by_text("Speech: quality + intelligibility").click()
-            _number(teacher, "listen-clips", "2")
-            _number(teacher, "listen-seconds", "0.1")
-            teacher.locator("#listen-build").click()
-            teacher.locator("#listen-build-status").filter(has_text="Ready").wait_for(timeout=240_000)
-            info = teacher.locator("#listen-test-info").filter(has_text="Join code")
-            info.wait_for()
-            code = re.search(r"Join code: ([A-Z2-9]{6})", info.inner_text()).group(1)
-            _shot(teacher, tmp_path, "teacher-built.png")
+    with app, chromium() as browser:
+        teacher = browser.new_page(viewport={"width": 1300, "height": 1000})
+        teacher.set_default_timeout(120_000)
+        teacher.goto(app.url)
+        teacher.get_by_role("tab", name="Listen").click()
+        teacher.locator("#listen-password input").fill(PASSWORD)
+        teacher.locator("#listen-unlock").click()
+        for name in MODEL_NAMES:
+            teacher.locator("#listen-systems label").filter(has_text=name).click()
+        teacher.get_by_text("Speech: quality + intelligibility").click()
+        _number(teacher, "listen-clips", "2")
+        _number(teacher, "listen-seconds", "0.1")
+        teacher.locator("#listen-build").click()
+        teacher.locator("#listen-build-status").filter(has_text="Ready").wait_for(timeout=240_000)
+        info = teacher.locator("#listen-test-info").filter(has_text="Join code")
+        info.wait_for()
+        code = re.search(r"Join code: ([A-Z2-9]{6})", info.inner_text()).group(1)
+        shot(teacher, tmp_path, "teacher-built.png")
 
-            total = _rater(browser, app.url, code, (2, 4), tmp_path, "rater-a", reload_after=3)
-            assert total == 2 * 4 + 1  # 2 models + real data + noise anchor, 2 clips each, + 1 gold clip
-            _rater(browser, app.url, code, (1, 3), tmp_path, "rater-b")
+        total = _rater(browser, app.url, code, (2, 4), tmp_path, "rater-a", reload_after=3)
+        assert total == 2 * 4 + 1  # 2 models + real data + noise anchor, 2 clips each, + 1 gold clip
+        _rater(browser, app.url, code, (1, 3), tmp_path, "rater-b")
 
-            teacher.locator("#listen-show-results").click()
-            summary = teacher.locator("#listen-summary")
-            summary.filter(has_text=MODEL_NAMES[0]).wait_for()
-            text = summary.inner_text()
-            for system in (*MODEL_NAMES, "Real data", "Anchor: white noise"):
-                assert system in text
-            assert "1.50" in text and "3.50" in text  # quality (2 and 1) and intelligibility (4 and 3)
-            info_text = teacher.locator("#listen-results-info").inner_text()
-            assert "2 raters joined, 2 finished" in info_text and "0 excluded" in info_text
-            markdown = teacher.locator("#listen-markdown").inner_text()
-            assert "| Model | Quality | Intelligibility |" in markdown
-            teacher.locator("#listen-summary").scroll_into_view_if_needed()
-            _shot(teacher, tmp_path, "teacher-results.png")
-            browser.close()
-    finally:
-        app.stop()
+        teacher.locator("#listen-show-results").click()
+        summary = teacher.locator("#listen-summary")
+        summary.filter(has_text=MODEL_NAMES[0]).wait_for()
+        text = summary.inner_text()
+        for system in (*MODEL_NAMES, "Real data", "Anchor: white noise"):
+            assert system in text
+        assert "1.50" in text and "3.50" in text  # quality (2 and 1) and intelligibility (4 and 3)
+        info_text = teacher.locator("#listen-results-info").inner_text()
+        assert "2 raters joined, 2 finished" in info_text and "0 excluded" in info_text
+        markdown = teacher.locator("#listen-markdown").inner_text()
+        assert "| Model | Quality | Intelligibility |" in markdown
+        teacher.locator("#listen-summary").scroll_into_view_if_needed()
+        shot(teacher, tmp_path, "teacher-results.png")
 
 
 def test_rater_refusals_show_their_message_and_keep_the_page_usable(tmp_path):
     """A wrong code and a Submit right after Play are refused with the server's message on the page; the code
     box, the player, the answers and Submit stay usable, and the same clip is then rated normally."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")  # skip before building anything
     from playground.listening import catalog
     from playground.listening.builder import build_test
     from playground.listening.config import Scale, TestSpec
@@ -146,31 +127,26 @@ def test_rater_refusals_show_their_message_and_keep_the_page_usable(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SASHIMI_LISTENING_DIR", str(root))
         app = LaunchedApp(tmp_path, tmp_path / "runs", tmp_path / "shipped")
-    try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 390, "height": 844})
-            page.set_default_timeout(60_000)
-            page.goto(f"{app.url}rate")
-            box = page.locator("#listen-code input, #listen-code textarea").first
-            box.fill("ZZZZZZ")
-            page.locator("#listen-join").click()
-            page.locator("#listen-hint").filter(has_text="No open test").wait_for()
-            _shot(page, tmp_path, "rater-wrong-code.png")
-            box.fill(code)  # the same box and button still work
-            page.locator("#listen-join").click()
-            page.locator("#listen-progress b").filter(has_text="1 /").wait_for()
-            page.locator("#listen-audio button.play-pause-button").click()
-            page.locator("#listen-submit:not([disabled])").wait_for()
-            page.locator("#listen-scale-0 label").nth(2).click()
-            page.locator("#listen-submit").click()  # well before 4 s of listening, even on a loaded machine
-            page.locator("#listen-hint").filter(has_text="Listen to").wait_for()
-            _shot(page, tmp_path, "rater-early-submit.png")
-            assert page.locator("#listen-progress b").inner_text().startswith("1 /")
-            assert page.locator(".error").count() == 0  # no component is covered by an error badge
-            page.wait_for_timeout(4500)  # the clip has played to the end by now
-            page.locator("#listen-submit").click()
-            page.locator("#listen-progress b").filter(has_text="2 /").wait_for()
-            browser.close()
-    finally:
-        app.stop()
+    with app, chromium() as browser:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.set_default_timeout(60_000)
+        page.goto(f"{app.url}rate")
+        box = page.locator("#listen-code input, #listen-code textarea").first
+        box.fill("ZZZZZZ")
+        page.locator("#listen-join").click()
+        page.locator("#listen-hint").filter(has_text="No open test").wait_for()
+        shot(page, tmp_path, "rater-wrong-code.png")
+        box.fill(code)  # the same box and button still work
+        page.locator("#listen-join").click()
+        page.locator("#listen-progress b").filter(has_text="1 /").wait_for()
+        page.locator("#listen-audio button.play-pause-button").click()
+        page.locator("#listen-submit:not([disabled])").wait_for()
+        page.locator("#listen-scale-0 label").nth(2).click()
+        page.locator("#listen-submit").click()  # well before 4 s of listening, even on a loaded machine
+        page.locator("#listen-hint").filter(has_text="Listen to").wait_for()
+        shot(page, tmp_path, "rater-early-submit.png")
+        assert page.locator("#listen-progress b").inner_text().startswith("1 /")
+        assert page.locator(".error").count() == 0  # no component is covered by an error badge
+        page.wait_for_timeout(4500)  # the clip has played to the end by now
+        page.locator("#listen-submit").click()
+        page.locator("#listen-progress b").filter(has_text="2 /").wait_for()

@@ -482,7 +482,7 @@ def test_real_training_start_stop_resume(settings, tmp_path):
         jobs.stop_training(settings, "real")
         _wait(lambda: jobs.run_status(run)["state"] == "stopped", 180, "status stopped after resume")
     finally:
-        jobs.terminate(run)
+        processes.terminate("train", run)  # never leave a trainer running after a failure
 
 
 # ---------------------------------------------------------------------------------------------- warm-up

@@ -1,0 +1,39 @@
+"""Helpers for the browser tests: Debian's Chromium driven by Playwright (never `playwright install`), and
+screenshots kept under the pytest tmp dir (and copied to $E2E_SCREENSHOTS when set)."""
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required"]
+BROWSER_TEST = [pytest.mark.e2e,
+                pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs chromium (apt-get install chromium)")]
+
+
+@contextmanager
+def chromium():
+    """A headless Chromium (playwright Browser), closed on exit."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def shot(page, tmp: Path, name: str, full_page: bool = True) -> Path:
+    """Screenshot `page` to tmp/name (full_page=False for what is fixed to the viewport, e.g. toasts)."""
+    path = tmp / name
+    page.screenshot(path=str(path), full_page=full_page)
+    if os.environ.get("E2E_SCREENSHOTS"):
+        Path(os.environ["E2E_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(os.environ["E2E_SCREENSHOTS"]) / name)
+    return path
