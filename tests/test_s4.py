@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -151,6 +153,55 @@ def test_state_from_sequence_matches_steps(monkeypatch, one_row_per_matmul):
     err = (fast - state).abs().max().item()
     print("prompt state: sequence vs steps", err)
     assert err < 1e-4 * max(1.0, state.abs().max().item())
+
+
+@pytest.mark.parametrize("mode,l_kernel", [("nplr", 0), ("nplr", 96), ("diag", 96)])
+def test_chunked_conv_equals_the_full_length_convolution(mode, l_kernel):
+    """A long sequence read in chunks (own kernel within a chunk, carried state from before it) gives the
+    full-length FFT convolution; L = 1000 is not a multiple of the chunk; the kernel is never grown."""
+    torch.manual_seed(3)
+    block = S4Block(6, d_state=32, mode=mode).eval()
+    _perturb_dt(block, 4)
+    u = torch.randn(2, 6, 1000)
+    with torch.no_grad():
+        if l_kernel:
+            block.kernel(l_kernel)
+        chunked, none = block.kernel.chunked_conv(u, chunk=64)
+        assert none is None and int(block.kernel.l_kernel) == (l_kernel or 64)  # C̃ for the chunk, not for L
+        full = s4.fft_conv(u, copy.deepcopy(block.kernel)(1000))
+        for at in (0, 1, 333, 640, 1000):  # on and off chunk boundaries, none and all of u
+            again, state = block.kernel.chunked_conv(u, chunk=64, state_at=at)
+            torch.testing.assert_close(again, chunked, atol=1e-5, rtol=1e-5)
+            expect = block.kernel.state_from_sequence(u[..., :at].transpose(1, 2))
+            assert (state - expect).abs().max() < 1e-5 * max(1.0, expect.abs().max().item()), at
+    err = (chunked - full).abs().max().item()
+    print(mode, l_kernel, "chunked vs full convolution", err, "scale", full.abs().max().item())
+    assert err < 1e-5 * max(1.0, full.abs().max().item())
+
+
+def test_long_inference_uses_the_chunked_convolution_and_matches_steps(monkeypatch):
+    monkeypatch.setattr(s4, "CHUNKED_CONV_MIN_LENGTH", 256)
+    monkeypatch.setattr(s4, "CONV_CHUNK", 32)
+    calls = []
+    real = s4.S4Kernel.chunked_conv
+    monkeypatch.setattr(s4.S4Kernel, "chunked_conv", lambda self, u, chunk=None, state_at=None:
+                        calls.append(u.shape) or real(self, u, chunk, state_at))
+    torch.manual_seed(4)
+    block = S4Block(4, d_state=16).eval()
+    _perturb_dt(block, 5)
+    x = torch.randn(1, 300, 4)
+    with torch.no_grad():
+        y = block(x)
+        y2, state = block.forward_with_state(x, 287)
+        stepped = block.init_state(1)
+        for t in range(287):
+            _, stepped = block.step(x[:, t], stepped)
+    assert calls == [(1, 4, 300)] * 2
+    err = (y - run_steps(block, x)).abs().max().item()
+    print("chunked conv vs step", err)
+    assert err < 1e-4
+    torch.testing.assert_close(y, y2, atol=1e-5, rtol=1e-5)  # chunks aligned differently for the state
+    assert (state - stepped).abs().max() < 1e-4 * max(1.0, stepped.abs().max().item())
 
 
 def test_gradients_flow_to_ssm_parameters():

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from conftest import run_steps
+from sashimi_core.nn import s4
 from sashimi_core.nn.sashimi import PRESETS, SaShiMi, with_overrides
 from sashimi_core.reference import backbone_from_reference
 
@@ -89,6 +90,32 @@ def test_token_step_equals_forward_and_prefill(unet):
             assert e < 1e-4
     print("step vs forward logits", err)
     assert err < 1e-4
+
+
+def test_long_prompt_read_in_chunks_continues_like_stepping(monkeypatch):
+    """The chunked convolution a long prompt takes (made short here) leaves the state stepping leaves, and
+    its NLL from the same pass is the full-length forward's."""
+    monkeypatch.setattr(s4, "CHUNKED_CONV_MIN_LENGTH", 24)
+    monkeypatch.setattr(s4, "CONV_CHUNK", 8)
+    torch.manual_seed(2)
+    model = SaShiMi(PRESETS["sashimi-tiny"]).eval()
+    tokens = torch.randint(0, 256, (2, 140))
+    with torch.no_grad():
+        T = 101
+        lc, sc, bits = model.prefill(tokens[:, :T], return_nll=True)
+        ls, ss = model.start(2)
+        for t in range(T):
+            ls, ss = model.step(tokens[:, t], ss)
+        e = (lc - ls).abs().max().item()
+        for t in range(T, 140):
+            lc, sc = model.step(tokens[:, t], sc)
+            ls, ss = model.step(tokens[:, t], ss)
+            e = max(e, (lc - ls).abs().max().item())
+        monkeypatch.setattr(s4, "CHUNKED_CONV_MIN_LENGTH", 1 << 30)
+        _, _, full_bits = model.prefill(tokens[:, :T], return_nll=True)
+    print("chunked prompt: conv-state vs step-state logits", e)
+    assert e < 1e-4
+    torch.testing.assert_close(bits, full_bits, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["sashimi-tiny", "s4-isotropic-4"])

@@ -28,6 +28,9 @@ from sashimi_core.nn.hippo import nplr_legs
 from sashimi_core.ops.cauchy import cauchy
 
 STATE_MATMUL_ELEMENTS = 1 << 22  # bound on the (H, rows, chunks, N) partial states of state_from_sequence
+CONV_CHUNK = 512  # inference on sequences of CHUNKED_CONV_MIN_LENGTH or more: chunks of this many steps
+CHUNKED_CONV_MIN_LENGTH = 1 << 15
+POWER_TABLE_ELEMENTS = 1 << 21  # bound on the (channels, N, chunk) power tables of chunked_conv
 
 
 def _c(x: torch.Tensor) -> torch.Tensor:
@@ -195,11 +198,7 @@ class S4Kernel(nn.Module):
         u is cut into n chunks of C steps (zeros in front: they leave a zero state zero), every chunk meets the
         same (H, C, N) power table in one batched matmul (compute-bound, not a matvec per chunk), and the
         chunks' partial states are weighted by mu^(C (n-1-c)) and summed."""
-        a, V, Vi = self._eig()
-        mu, r, a_h = self._mu(a)  # (H, N)
-        B = _c(self.B).to(torch.complex128)
-        B = self._per_channel(torch.cat([B, B.conj()], -1))
-        bbar = torch.einsum("hnm,hm->hn", self._per_channel(Vi), 2 * B) / (r - a_h)  # V^{-1} B̄
+        mu, bbar, V, _ = self._eigen_io()
         batch, L = u.shape[:2]
         if L == 0:  # nothing consumed at this tier yet
             return torch.zeros(batch, self.H, self.N2, dtype=torch.complex64, device=u.device)
@@ -217,8 +216,67 @@ class S4Kernel(nn.Module):
             part = torch.complex(torch.bmm(ub, t_re), torch.bmm(ub, t_im)).view(self.H, -1, n, mu.shape[-1])
             acc.append((part * weight.unsqueeze(1)).sum(2))  # (H, rows, N)
         acc = torch.cat(acc, 1).transpose(0, 1)  # (B, H, N)
-        x = torch.einsum("hnm,bhm->bhn", self._per_channel(V), acc * bbar)
+        x = torch.einsum("hnm,bhm->bhn", V, acc * bbar)
         return x[..., : self.N2].to(torch.complex64)
+
+    def _eigen_io(self):
+        """The discrete SSM in A's eigenbasis, per channel, complex128: mu (H, N) the eigenvalues of Ā,
+        V^{-1} B̄ (H, N), V (H, N, N), and c V (H, N) for the raw output row c (all N modes)."""
+        a, V, Vi = self._eig()
+        mu, r, a_h = self._mu(a)
+        V, Vi = self._per_channel(V), self._per_channel(Vi)
+        B = _c(self.B).to(torch.complex128)
+        B = self._per_channel(torch.cat([B, B.conj()], -1))
+        bbar = torch.einsum("hnm,hm->hn", Vi, 2 * B) / (r - a_h)
+        C = self._raw_C()
+        cV = torch.einsum("hn,hnm->hm", torch.cat([C, C.conj()], -1), V)
+        return mu, bbar, V, cV
+
+    @torch.no_grad()
+    def chunked_conv(self, u: torch.Tensor, chunk: int | None = None, state_at: int | None = None):
+        """K * u (the kernel's causal convolution) for a long u (B, H, L) real, without a length-L kernel.
+        Returns (y (B, H, L), the state after u[..., :state_at] (B, H, N/2) complex64, or None).
+
+        u is cut into chunks of C steps. Within a chunk: an FFT convolution with K[:C]. From before it: the
+        state x carried into the chunk, read out as c Ā^(t+1) x at offset t. States and read-outs are computed
+        in A's eigenbasis in float64 (its eigenvectors are ill-conditioned), as batched matmuls against power
+        tables mu^j: the costs grow as L (log C + N), not L log L, and no Cauchy sum is longer than C. Zeros in
+        front (they leave a zero state zero) put step state_at on a chunk boundary."""
+        batch, H, L = u.shape
+        chunk = chunk or CONV_CHUNK
+        C = min(chunk, int(self.l_kernel)) if int(self.l_kernel) else chunk  # never grow C̃ here
+        front = -state_at % C if state_at is not None else 0
+        n = -(-(front + L) // C)
+        k = self.forward(C)
+        uc = F.pad(u, (front, n * C - L - front)).reshape(batch, H, n, C)
+        y = torch.fft.irfft(torch.fft.rfft(uc, n=2 * C) * torch.fft.rfft(k, n=2 * C).unsqueeze(1), n=2 * C)[..., :C]
+        mu, bbar, V, cV = self._eigen_io()
+        N = mu.shape[-1]
+        u64 = uc.double().transpose(0, 1).reshape(H, batch * n, C)
+        step = max(1, POWER_TABLE_ELEMENTS // (N * C))  # channels per power table
+        at = None if state_at is None else (front + state_at) // C  # the chunk that state_at's state enters
+        states = []
+        for h in range(0, H, step):
+            hs = slice(h, h + step)
+            powers = _powers(mu[hs], C + 1)  # (h, N, C + 1)
+            table = powers[..., :C].flip(-1).transpose(1, 2)  # (h, C, N): mu^(C-1-j), a chunk's state weights
+            part = torch.complex(torch.bmm(u64[hs], table.real.contiguous()),
+                                 torch.bmm(u64[hs], table.imag.contiguous()))
+            part = (part * bbar[hs].unsqueeze(1)).view(-1, batch, n, N)  # state each chunk adds at its end
+            state = torch.zeros(part.shape[0], batch, n + 1, N, dtype=part.dtype)  # entering chunk c (n: after all)
+            for c in range(1, n + 1 if at == n else n):
+                state[:, :, c] = powers[:, None, :, C] * state[:, :, c - 1] + part[:, :, c - 1]
+            if at is not None:
+                states.append(state[:, :, at])  # (h, B, N)
+            w = (state[:, :, :n] * cV[hs, None, None]).reshape(-1, batch * n, N)
+            out = powers[..., 1:]  # (h, N, C): mu^(t+1)
+            y_state = torch.bmm(w.real, out.real.contiguous()) - torch.bmm(w.imag, out.imag.contiguous())
+            y[:, hs] += y_state.view(-1, batch, n, C).transpose(0, 1).to(y.dtype)
+        y = y.reshape(batch, H, n * C)[..., front: front + L]
+        if state_at is None:
+            return y, None
+        x = torch.einsum("hnm,hbm->bhn", V, torch.cat(states))
+        return y, x[..., : self.N2].to(torch.complex64)
 
 
 class _Woodbury(torch.autograd.Function):
@@ -316,11 +374,24 @@ class S4Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, L, H) -> (B, L, H)."""
+        return self.forward_with_state(x)[0]
+
+    def forward_with_state(self, x: torch.Tensor, n: int | None = None):
+        """(forward(x), the recurrent state after x[:, :n] (what n calls to `step` leave; None when n is None)).
+        A long sequence at inference is convolved in chunks, and the state comes from the same pass."""
         L = x.shape[1]
-        k = self.kernel(L)  # (H, L)
         u = x.transpose(1, 2)  # (B, H, L)
-        y = fft_conv(u, k) + u * self.D.unsqueeze(-1)
-        return self._post(y.transpose(1, 2))
+        state = None
+        if L >= CHUNKED_CONV_MIN_LENGTH and not torch.is_grad_enabled():  # a long prompt: no length-L kernel
+            y, state = self.kernel.chunked_conv(u, state_at=n)
+        else:
+            y = fft_conv(u, self.kernel(L))  # k (H, L)
+            if n is not None:
+                state = self.kernel.state_from_sequence(x[:, :n])
+        if n is not None:
+            self._step_cache = self.kernel.step_params()  # like init_state: step matrices of these weights
+        y = y + u * self.D.unsqueeze(-1)
+        return self._post(y.transpose(1, 2)), state
 
     # ---- recurrent mode -----------------------------------------------------------------------------
     def init_state(self, batch_size: int) -> torch.Tensor:

@@ -241,11 +241,12 @@ class ResidualBlock(nn.Module):
         y, state = self.layer.step(self.norm(x_t), state)
         return x_t + y, state
 
-    def state_after(self, x, n: int):
-        """Step-mode state after consuming x[:, :n] (x (B, L, H)); None for stateless layers."""
-        if isinstance(self.layer, S4Block):
-            return self.layer.state_from_sequence(self.norm(x[:, :n]))
-        return None
+    def forward_with_state(self, x, n: int):
+        """(forward(x), the step-mode state after consuming x[:, :n] (None for stateless layers)), x (B, L, H):
+        an S4 layer gives its state from the same pass."""
+        h = self.norm(x)
+        y, state = self.layer.forward_with_state(h, n) if isinstance(self.layer, S4Block) else (self.layer(h), None)
+        return x + self.dropout(y), state
 
 
 def flatten_state(tree, leaves: list):
@@ -320,7 +321,11 @@ class Backbone(nn.Module):
         recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
 
         def run(layer, x, states):
-            if return_state:  # steps consumed at this tier: L // rate
+            if return_state and isinstance(layer, ResidualBlock):  # steps consumed at this tier: L // rate
+                x, state = layer.forward_with_state(x, L // rate)
+                states.append(state)
+                return x
+            if return_state:
                 states.append(layer.state_after(x, L // rate))
             if recompute and isinstance(layer, ResidualBlock):
                 return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
