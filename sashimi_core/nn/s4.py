@@ -260,8 +260,8 @@ class S4Kernel(nn.Module):
             hs = slice(h, h + step)
             powers = _powers(mu[hs], C + 1)  # (h, N, C + 1)
             table = powers[..., :C].flip(-1).transpose(1, 2)  # (h, C, N): mu^(C-1-j), a chunk's state weights
-            part = torch.complex(torch.bmm(u64[hs], table.real.contiguous()),
-                                 torch.bmm(u64[hs], table.imag.contiguous()))
+            part = torch.bmm(u64[hs], torch.cat([table.real, table.imag], -1))  # real u: one matmul, re | im
+            part = torch.complex(part[..., :N], part[..., N:])
             part = (part * bbar[hs].unsqueeze(1)).view(-1, batch, n, N)  # state each chunk adds at its end
             state = torch.zeros(part.shape[0], batch, n + 1, N, dtype=part.dtype)  # entering chunk c (n: after all)
             for c in range(1, n + 1 if at == n else n):
@@ -269,8 +269,8 @@ class S4Kernel(nn.Module):
             if at is not None:
                 states.append(state[:, :, at])  # (h, B, N)
             w = (state[:, :, :n] * cV[hs, None, None]).reshape(-1, batch * n, N)
-            out = powers[..., 1:]  # (h, N, C): mu^(t+1)
-            y_state = torch.bmm(w.real, out.real.contiguous()) - torch.bmm(w.imag, out.imag.contiguous())
+            out = powers[..., 1:]  # (h, N, C): mu^(t+1); Re(w out) = [Re w, -Im w] [Re out; Im out], one matmul
+            y_state = torch.bmm(torch.cat([w.real, -w.imag], -1), torch.cat([out.real, out.imag], 1))
             y[:, hs] += y_state.view(-1, batch, n, C).transpose(0, 1).to(y.dtype)
         y = y.reshape(batch, H, n * C)[..., front: front + L]
         if state_at is None:
