@@ -263,9 +263,7 @@ class S4Kernel(nn.Module):
             part = torch.bmm(u64[hs], torch.cat([table.real, table.imag], -1))  # real u: one matmul, re | im
             part = torch.complex(part[..., :N], part[..., N:])
             part = (part * bbar[hs].unsqueeze(1)).view(-1, batch, n, N)  # state each chunk adds at its end
-            state = torch.zeros(part.shape[0], batch, n + 1, N, dtype=part.dtype)  # entering chunk c (n: after all)
-            for c in range(1, n + 1 if at == n else n):
-                state[:, :, c] = powers[:, None, :, C] * state[:, :, c - 1] + part[:, :, c - 1]
+            state = F.pad(_geometric_scan(part, powers[..., C]), (0, 0, 1, 0))  # (h, B, n + 1, N): entering c
             if at is not None:
                 states.append(state[:, :, at])  # (h, B, N)
             w = (state[:, :, :n] * cV[hs, None, None]).reshape(-1, batch * n, N)
@@ -338,6 +336,17 @@ def _powers(z: torch.Tensor, n: int) -> torch.Tensor:
     out = z.unsqueeze(-1).expand(*z.shape, n).clone()
     out[..., 0] = 1
     return torch.cumprod(out, -1)
+
+
+def _geometric_scan(p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Inclusive scan s_c = a s_(c-1) + p_c along dim 2 of p (h, B, n, N), a (h, N): log2(n) whole-tensor
+    steps (s_c += a^d s_(c-d) for d = 1, 2, 4, ...) instead of n small ones. |a| <= 1 keeps it stable."""
+    a = a[:, None, None, :]
+    d = 1
+    while d < p.shape[2]:
+        p = torch.cat([p[:, :, :d], p[:, :, d:] + a * p[:, :, :-d]], 2)
+        a, d = a * a, 2 * d
+    return p
 
 
 def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
