@@ -36,6 +36,28 @@ EXAMPLE_DATA = {"digit_seven.wav": "sc09-synth", "digit_three.wav": "sc09-synth"
                 "piano_phrase.wav": "piano-synth"}  # the data set of the model that continues each example
 
 
+def lenient(slider: gr.Slider) -> gr.Slider:
+    """Let values typed outside the slider's range reach the handlers, which say what is allowed here and set
+    it (`within`), instead of failing in Gradio's preprocessing (an error badge and a logged traceback) and being
+    clamped without a word when the box loses focus. (Not a subclass: Gradio writes a .pyi beside those.)"""
+    slider.preprocess = lambda v: v if v is None else gr.Number.round_to_precision(v, slider.precision)
+    return slider
+
+
+def within(value, low: float, high: float, what: str):
+    """A slider value typed outside [low, high]: a warning naming the limits, and the nearest allowed value
+    for the slider; gr.skip() when it is inside."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return gr.skip()
+    if low <= v <= high:
+        return gr.skip()
+    allowed = min(max(v, low), high)
+    gr.Warning(f"{what} {v:g} is outside what this server allows ({low:g} to {high:g}); it is set to {allowed:g}.")
+    return allowed
+
+
 def user_error(message: str, where="") -> gr.Error:
     """The gr.Error for a refused request: its message goes to the user, one line (no traceback) to the log."""
     log.info("refused %s: %s", where, message[:200])
@@ -96,10 +118,10 @@ class GenerateHandlers:
 
     def estimate(self, model_id, seconds, n_samples, prompt=None) -> str:
         """The limits here and the expected wait (prompt read + sampling) at this model's measured speeds."""
-        prompt_s = audio_io.duration(prompt) if prompt else 0.0
-        est = services.estimate_seconds(self.settings, model_id, float(seconds or 0), int(n_samples or 1),
-                                        prompt_seconds=prompt_s)
         st = self.settings
+        seconds, n_samples = min(float(seconds or 0), st.max_seconds), min(int(n_samples or 1), st.max_samples)
+        prompt_s = audio_io.duration(prompt) if prompt else 0.0
+        est = services.estimate_seconds(st, model_id, seconds, n_samples, prompt_seconds=prompt_s)
         cap = f"Length limit here: {st.max_seconds:g} s, up to {st.max_samples} samples."
         if services.warming_up():
             return (f"{cap} **Preparing the generation engine** (compiling kernels once after install, about "
@@ -286,12 +308,13 @@ def build(settings: services.Settings) -> dict:
             with gr.Accordion("Sampling", open=True):
                 temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.01, label="Top-p (nucleus)")
-                seconds = gr.Slider(0.01, settings.max_seconds, value=min(0.5, settings.max_seconds), step=0.01,
-                                    label=f"Length (s, at most {settings.max_seconds:g} here)", elem_id="length-slider")
+                seconds = lenient(gr.Slider(0.01, settings.max_seconds, value=min(0.5, settings.max_seconds),
+                                            step=0.01, label=f"Length (s, at most {settings.max_seconds:g} here)",
+                                            elem_id="length-slider"))
                 until_stop = gr.Checkbox(label=f"Until I press Stop (at most {settings.max_open_seconds:g} s)",
                                          value=False, elem_id="until-stop")
-                n_samples = gr.Slider(1, settings.max_samples, value=1, step=1,
-                                      label=f"Number of samples (at most {settings.max_samples})")
+                n_samples = lenient(gr.Slider(1, settings.max_samples, value=1, step=1,
+                                      label=f"Number of samples (at most {settings.max_samples})"))
                 with gr.Row(equal_height=True):
                     seed = gr.Number(label="Seed", value=-1, precision=0, minimum=-1, elem_id="seed")
                     random_seed = gr.Checkbox(label="New random seed each time (the box shows the last one used)",
@@ -340,6 +363,12 @@ def build(settings: services.Settings) -> dict:
     refresh.click(h.model_picker, [model], [model, card], api_name="refresh_models", queue=False)
     model.change(h.model_card, [model], [card], api_name="model_card", queue=False)
     model.change(h.sampling_defaults, [model], [temperature, top_p], api_name="sampling_defaults", queue=False)
+    seconds.change(lambda v: within(v, 0.01, settings.max_seconds, "Length (s)"), [seconds], [seconds],
+                   api_name="check_length", api_visibility="undocumented", concurrency_limit=None,
+                   concurrency_id="notes", show_progress="hidden")  # queued: toasts travel with the queue
+    n_samples.change(lambda v: within(v, 1, settings.max_samples, "Number of samples"), [n_samples], [n_samples],
+                     api_name="check_samples", api_visibility="undocumented", concurrency_limit=None,
+                     concurrency_id="notes", show_progress="hidden")
     estimate_inputs = [model, seconds, n_samples, prompt]
     for comp in (model, seconds, n_samples, prompt):
         comp.change(h.estimate, estimate_inputs, [estimate], api_visibility="undocumented",

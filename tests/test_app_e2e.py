@@ -97,6 +97,14 @@ def test_non_audio_upload_is_refused_on_upload_and_generate_still_works(page_on_
     page.locator("#results-summary").get_by_text("no prompt").first.wait_for(timeout=240_000)
 
 
+def test_typed_length_above_the_limit_is_reported_and_set_to_the_limit(page_on_app):
+    page, tmp = page_on_app
+    _set_length(page, "999")
+    page.get_by_text("Length (s) 999 is outside what this server allows").first.wait_for()
+    page.wait_for_function("() => document.querySelector('#length-slider input[type=number]').value === '30'")
+    shot(page, tmp, "length_limit.png", full_page=False)
+
+
 def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(page_on_app):
     """A long generation shows its progress on the results summary (in view, not in the collapsed details);
     a second Generate click says a generation is already running; the seed box always holds the seed of the

@@ -30,6 +30,7 @@ READERS = {
     "list_models", "model_card", "model_readme", "model_quality", "sampling_defaults", "refresh_models",
     "load_models", "refresh", "refresh_1", "refresh_2", "refresh_3", "estimate", "estimate_1", "estimate_2",
     "estimate_3", "estimate_4", "warmup_tick", "render_results", "busy_note", "check_prompt", "check_prompt_1",
+    "check_length", "check_samples",
     "datasets", "runs", "training_status", "poll_training", "load_example_input", "lambda",
     *(f"continue_result_{i}" for i in range(1, 9)),
     # teacher tools that only read (each refuses without the password anyway)
