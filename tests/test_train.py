@@ -543,3 +543,48 @@ def test_resume_after_a_kill_while_removing_state_tmp(sc09, tmp_path):
     assert all(again[s] == first[s] for s in (1, 2, 3, 4)), (first, again)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("state")) == ["state"]
     assert load_model(out / "checkpoint").checkpoint["metadata"]["steps"] == 6
+
+
+# ---------------------------------------------------------------------------------------------- weight average
+def test_weight_average_follows_its_formula_and_restarts_when_buffers_change():
+    from sashimi_core.train.ema import WeightAverage
+
+    torch.manual_seed(0)
+    model = SaShiMi(PRESETS["sashimi-tiny"])
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, 64)))  # sets C̃ for length 64 (a buffer change)
+    ema = WeightAverage(model, 0.9)
+    start = {k: v.clone() for k, v in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, step=100)  # d = min(0.9, 101 / 110) = 0.9
+    for k, p in ema.model.named_parameters():
+        torch.testing.assert_close(p, 0.9 * start[k] + 0.1 * (start[k] + 1.0))
+    ema.update(model, step=1)  # warm-up: d = 2 / 11
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, 300)))  # C̃ re-expressed for a longer kernel: the average restarts
+    ema.update(model, step=101)
+    for (k, a), b in zip(ema.model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="--ema"):
+        WeightAverage(model, 1.0)
+
+
+def test_ema_run_saves_the_average_and_resumes_exactly(sc09, tmp_path):
+    """--ema: the checkpoint holds the averaged weights (the resume state the trained ones), validation logs
+    both, and a run stopped at step 3 and resumed ends with the weights of an uninterrupted run."""
+    common = dict(data=str(sc09), lr=1e-2, log_every=1, val_every=3, sample_every=0, checkpoint_every=3,
+                  schedule="constant", ema=0.8, **FAST)
+    full = train(TrainConfig(out=str(tmp_path / "full"), steps=6, **common))
+    train(TrainConfig(out=str(tmp_path / "cut"), steps=3, **common))
+    cut = train(TrainConfig(out=str(tmp_path / "cut"), steps=6, resume=True, **common))
+    assert full["step"] == cut["step"] == 6
+    a, b = load_model(tmp_path / "full" / "checkpoint"), load_model(tmp_path / "cut" / "checkpoint")
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert (pa - pb).abs().max() <= 1e-6, k
+    assert a.checkpoint["metadata"]["ema_decay"] == 0.8
+    trained_weights = run_state.load_file(str(tmp_path / "full" / "state" / "model.safetensors"))
+    assert any(not torch.equal(trained_weights[k], v) for k, v in a.state_dict().items())  # the average differs
+    vals = [m for m in read_metrics(tmp_path / "full") if m["kind"] == "val"]
+    assert [m["step"] for m in vals] == [3, 6] and all("val_nll_bits_raw" in m for m in vals)

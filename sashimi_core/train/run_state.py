@@ -107,7 +107,7 @@ def discard_partial_state(out: Path) -> None:
         discard_state(out / "state.tmp")
 
 
-def save_state(out: Path, model, opt, run: dict) -> None:
+def save_state(out: Path, model, opt, run: dict, ema=None) -> None:
     """Write the resume state to out/state.tmp, then swap it in. Each step below leaves at least one complete
     state (state, state.tmp or state.old), so a kill at any point, even a second one, loses at most this save."""
     tmp, cur, old = out / "state.tmp", out / "state", out / "state.old"
@@ -116,7 +116,7 @@ def save_state(out: Path, model, opt, run: dict) -> None:
         os.replace(tmp, cur)
     discard_state(tmp)
     tmp.mkdir(parents=True)
-    _write_state_files(tmp, model, opt, run)
+    _write_state_files(tmp, model, opt, run, ema)
     files = {name: (tmp / name).stat().st_size for name in STATE_FILES}
     atomic_write_json(tmp / MARKER, {"step": run["step"], "files": files})
     if cur.exists():
@@ -126,14 +126,17 @@ def save_state(out: Path, model, opt, run: dict) -> None:
     discard_state(old)
 
 
-def _write_state_files(folder: Path, model, opt, run: dict) -> None:
-    """model.safetensors, optimizer.safetensors (with the RNG states) and state.json into folder."""
+def _write_state_files(folder: Path, model, opt, run: dict, ema=None) -> None:
+    """model.safetensors, optimizer.safetensors (with the RNG states and the weight average, "ema.<name>") and
+    state.json into folder."""
     atomic_write_bytes(folder / "model.safetensors", save({k: v.detach().cpu().contiguous().clone()
                                                            for k, v in model.state_dict().items()}))
     sd = opt.state_dict()
     tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous().clone()
                for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
     tensors["rng.torch_cpu"] = torch.get_rng_state()
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous().clone() for k, v in ema.state_dict().items()})
     if torch.cuda.is_available():
         for d, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.torch_cuda.{d}"] = s
@@ -148,8 +151,9 @@ def _write_state_files(folder: Path, model, opt, run: dict) -> None:
     atomic_write_json(folder / "state.json", state)
 
 
-def load_state(folder: Path, model, opt) -> dict:
-    """Restore model, optimizer and RNG from a folder written by save_state; returns the run dict."""
+def load_state(folder: Path, model, opt, ema=None) -> dict:
+    """Restore model, optimizer, RNG (and the weight average, or start it from the model when the state has
+    none) from a folder written by save_state; returns the run dict."""
     state = json.loads((folder / "state.json").read_text())
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     tensors = load_file(str(folder / "optimizer.safetensors"))
@@ -165,6 +169,9 @@ def load_state(folder: Path, model, opt) -> dict:
     for g in groups:
         g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": opt_state, "param_groups": groups})
+    if ema is not None:
+        averaged = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        ema.load_state_dict(averaged or model.state_dict())
     torch.set_rng_state(tensors["rng.torch_cpu"])
     cuda = sorted(k for k in tensors if k.startswith("rng.torch_cuda."))
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

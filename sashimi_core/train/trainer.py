@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from sashimi_core.checkpoint import atomic_write_json, build_model, save_model, validate_config
 from sashimi_core.evaluate.nll import evaluate
 from sashimi_core.nn.registry import ALL_PRESETS
+from sashimi_core.train.ema import WeightAverage
 from sashimi_core.train.run_state import RunLog, discard_partial_state, find_state, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bar (rank 0)
     resume: bool = False
     init_from: str | None = None  # checkpoint folder whose weights start a new run (warm start; same model config)
+    ema: float = 0.0  # decay of a weight average used for validation, samples and the checkpoint (0 = off)
 
 
 # Fields that define a run: a resumed run must keep them (the rest may change, e.g. more --steps).
@@ -327,8 +329,9 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.init_from and state_dir is None:
             warm_start(model, cfg.init_from)
         opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
+        ema = WeightAverage(model, cfg.ema) if cfg.ema else None
         if state_dir is not None:
-            run = load_state(state_dir, model, opt)
+            run = load_state(state_dir, model, opt, ema)
             log.info("resumed from %s at step %d", state_dir, run["step"])
         n_params = sum(p.numel() for p in model.parameters())
         hw = hardware(device, world)
@@ -346,23 +349,29 @@ def train(cfg: TrainConfig) -> dict:
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None
                                                      else None) if world > 1 else model)
     amp = cfg.amp and device.type == "cuda"
+    shown = ema.model if ema else model  # the weights validated, sampled and saved
 
     def checkpoint() -> None:  # rank 0 writes, every process waits
         if main_proc:
             run["wall_time_s"] = wall()
             run["metrics_offset"] = runlog.offset
-            save_state(out, model, opt, run)
-            save_model(model, out / "checkpoint", dataset=root.name, steps=run["step"],
+            save_state(out, model, opt, run, ema)
+            save_model(shown, out / "checkpoint", dataset=root.name, steps=run["step"],
                        samples_seen=run["samples_seen"], wall_time_s=round(run["wall_time_s"], 1), hardware=hw,
-                       val_nll_bits=run["val_nll_bits"], preset=cfg.preset, batch=cfg.batch, length=cfg.length)
+                       val_nll_bits=run["val_nll_bits"], preset=cfg.preset, batch=cfg.batch, length=cfg.length,
+                       **({"ema_decay": cfg.ema} if ema else {}))
         if world > 1:
             dist.barrier()
 
     def validate(step: int) -> bool:  # False if interrupted by a stop signal
-        res = {"nll_bits": 0.0, "stopped": False}
+        res, raw = {"nll_bits": 0.0, "stopped": False}, None
         if main_proc:
-            res = evaluate(model, val_ds, cfg.batch, cfg.val_batches, device, amp,
+            res = evaluate(shown, val_ds, cfg.batch, cfg.val_batches, device, amp,
                            stop=lambda: stop["signal"] is not None)
+            if ema and not res["stopped"]:  # the trained weights too, to see what the average gains
+                raw = evaluate(model, val_ds, cfg.batch, cfg.val_batches, device, amp,
+                               stop=lambda: stop["signal"] is not None)
+                res["stopped"] = raw["stopped"]
         if world > 1:  # every process needs the value for the plateau schedule
             v = torch.tensor([res["nll_bits"], float(res["stopped"])], dtype=torch.float64, device=device)
             dist.broadcast(v, 0)
@@ -371,7 +380,8 @@ def train(cfg: TrainConfig) -> dict:
         if res["stopped"]:
             return False
         run["val_nll_bits"] = res["nll_bits"]
-        runlog.write("val", step=step, val_nll_bits=res["nll_bits"])
+        runlog.write("val", step=step, val_nll_bits=res["nll_bits"],
+                     **({"val_nll_bits_raw": raw["nll_bits"]} if raw else {}))
         p = run["plateau"]
         if p["best"] is None or res["nll_bits"] < p["best"]:
             p.update(best=res["nll_bits"], bad=0)
@@ -426,6 +436,8 @@ def train(cfg: TrainConfig) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
             step = it + 1
+            if ema:
+                ema.update(model, step)
             run.update(step=step, epoch=epoch, position=position,
                        samples_seen=run["samples_seen"] + tokens.numel() * world)
             run["window"]["loss_sum"] += loss_bits
@@ -447,7 +459,7 @@ def train(cfg: TrainConfig) -> dict:
             if val_ds is not None and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
                 stopping = not validate(step) or stopping
             if cfg.sample_every and step % cfg.sample_every == 0 and main_proc and not stopping:
-                write_samples(model, out, step, cfg, runlog, stop=lambda: stop["signal"] is not None)
+                write_samples(shown, out, step, cfg, runlog, stop=lambda: stop["signal"] is not None)
             # ---- checkpoint
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 checkpoint()
