@@ -110,7 +110,8 @@ def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(
     a second Generate click says a generation is already running; the seed box always holds the seed of the
     audio shown, so unticking 'New random seed' reproduces it."""
     page, tmp = page_on_app
-    _set_length(page, "30")
+    until_stop = page.locator("#until-stop input")
+    until_stop.check()  # runs until Stop: the second click cannot race the end of a fast generation
     seed_box = page.locator("#seed input")
     page.locator("#generate-btn").click()
     page.locator("#results-summary").get_by_text(re.compile(r"\d+ × [\d,]+/[\d,]+ samples")).first.wait_for(
@@ -125,6 +126,7 @@ def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(
     used = re.search(r"seed (\d+)", page.locator("#results-summary").inner_text()).group(1)
     page.wait_for_function(f"() => document.querySelector('#seed input').value === '{used}'")
     page.get_by_text("New random seed each time").click()  # untick: the next run reuses the seed shown
+    until_stop.uncheck()
     _set_length(page, "0.05")
     page.locator("#generate-btn").click()
     page.wait_for_function("() => !document.querySelector('#results-summary').innerText.includes('stopped')",
@@ -135,7 +137,7 @@ def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(
 def test_live_player_plays_while_the_continuation_is_generated(page_on_app):
     """Sound starts in the live player while the progress bar still runs; the full result follows."""
     page, tmp = page_on_app
-    _set_length(page, "25")
+    page.locator("#until-stop input").check()  # runs until Stop, so it is still running when the player plays
     page.locator("#generate-btn").click()
     page.wait_for_function("() => { const a = document.querySelector('#live-audio audio');"
                            " return a && !a.paused && a.currentTime > 0.2; }", timeout=240_000)
