@@ -1,0 +1,42 @@
+"""tools/gpu_stage: a token pack unpacks to WAV folders whose tokens are the original files' tokens."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from conftest import ROOT
+from sashimi_core.data.loaders import AudioClipDataset
+from sashimi_core.ops.quantize import encode
+
+
+def test_pack_then_unpack_gives_the_same_tokens(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for split, n in (("train", 6), ("valid", 2)):
+        (data / split).mkdir(parents=True)
+        for i in range(n):
+            t = np.arange(4000 + 1000 * i) / 16000
+            audio = 0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) + rng.normal(0, 10 ** (-1 - i / 3), t.size)
+            sf.write(data / split / f"{split}{i}.wav", audio.clip(-1, 1), 16000, subtype="PCM_16")
+    pack, out = tmp_path / "pack", tmp_path / "out"
+    tool = ROOT / "tools" / "gpu_stage"
+    subprocess.run([sys.executable, str(tool / "pack.py"), str(data), str(pack), "0.5", "1.0"], check=True)
+    subprocess.run([sys.executable, str(tool / "unpack.py"), str(pack), str(out)], check=True)
+
+    names = [name for name, _ in json.loads((pack / "train.json").read_text())]
+    assert names == ["train__train0.wav", "train__train2.wav", "train__train4.wav"]  # every second file
+    for split, count in (("train", 3), ("valid", 2)):
+        unpacked = sorted((out / split).iterdir())
+        assert len(unpacked) == count
+        for path in unpacked:
+            original = data / split / path.name.split("__", 1)[1]
+            want = encode(torch.from_numpy(sf.read(original, dtype="float32")[0]), "mu-law")
+            got = encode(torch.from_numpy(sf.read(path, dtype="float32")[0]), "mu-law")
+            assert torch.equal(got, want), path.name
+    ds = AudioClipDataset(out, "train", length=4000, random_crop=False)  # the trainer reads the unpacked folders
+    assert len(ds.files) == 3 and ds.layout == "split-folders"
