@@ -213,3 +213,20 @@ def test_gradients_flow_to_ssm_parameters():
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
     assert all(getattr(getattr(k, n), "_ssm", False) for n in ("log_dt", "A_real", "A_imag", "B", "P"))
     assert not getattr(k.C, "_ssm", False)
+
+
+def test_block_trains_under_cpu_bf16_autocast():
+    """`--amp-cpu`: forward and backward of an S4 block under CPU bf16 autocast (the FFTs run in float32:
+    CPU has no bf16 FFT) give gradients close to float32's."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), S4Block(8, d_state=16))  # the Linear hands S4 bf16
+    x = torch.randn(2, 256, 8)
+    model(x).square().sum().backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    y.float().square().sum().backward()
+    for name, p in model.named_parameters():
+        rel = (p.grad - want[name]).norm() / want[name].norm()
+        assert torch.isfinite(p.grad).all() and rel < 0.05, (name, rel.item())

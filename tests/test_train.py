@@ -201,6 +201,36 @@ def test_checkpoint_activations_trains_the_same(sc09, tmp_path, capsys):
     assert "--checkpoint-activations supports SaShiMi models, not wavenet" in capsys.readouterr().err
 
 
+def test_amp_cpu_trains_close_to_float32(sc09, tmp_path):
+    """--amp-cpu: the training step runs under bf16 autocast on CPU; its losses follow float32's closely."""
+    base = ["--data", str(sc09), "--steps", "3", "--log-every", "1", "--val-every", "0", "--sample-every", "0",
+            *FAST_CLI]
+    runs = {}
+    for flag in ([], ["--amp-cpu"]):
+        out = tmp_path / ("bf16" if flag else "fp32")
+        assert main([*base, "--out", str(out), *flag]) == 0
+        runs[bool(flag)] = losses(out)
+        assert json.loads((out / "train_config.json").read_text())["amp_cpu"] is bool(flag)
+    assert runs[True].keys() == runs[False].keys() == {1, 2, 3}
+    assert runs[True] != runs[False]  # bf16 really ran
+    for step, loss in runs[False].items():
+        assert abs(runs[True][step] - loss) < 0.05, (step, runs[True][step], loss)
+
+
+def test_threads_also_bound_the_numba_kernels(sc09, tmp_path):
+    """--threads 1 leaves the numba Cauchy kernel one thread too (its pool defaults to every core: two
+    1-thread runs on 2 cores then ran 6 threads and each slowed ~4x)."""
+    numba = pytest.importorskip("numba")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        assert main(["--data", str(sc09), "--steps", "1", "--val-every", "0", "--sample-every", "0", *FAST_CLI,
+                     "--out", str(tmp_path / "run")]) == 0
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_nan_loss_fails_and_keeps_checkpoint(sc09, tmp_path, monkeypatch):
     real = train_mod.compute_loss
     calls = {"n": 0}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from sashimi_core.ops.cauchy import set_threads
 from sashimi_core.ops.metrics import mean_ci, nll_bits
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
 
     from sashimi_core.checkpoint import atomic_write_json, load_model
     from sashimi_core.data.loaders import AudioClipDataset, resolve_dataset

@@ -326,7 +326,7 @@ class _FFTConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             du = torch.fft.irfft(dy_f * k_f.conj(), n=n)[..., :L].to(u.dtype)
         if ctx.needs_input_grad[1]:
-            u_f = torch.fft.rfft(u, n=n)
+            u_f = torch.fft.rfft(u.to(k_f.real.dtype), n=n)  # u is bf16 under CPU autocast: no bf16 FFT there
             dk = torch.fft.irfft((dy_f * u_f.conj()).sum(0), n=n)[..., :L].to(k_f.real.dtype)
         return du, dk
 

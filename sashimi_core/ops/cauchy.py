@@ -42,6 +42,16 @@ except ImportError as exc:
     _NUMBA_ERROR = exc
 
 
+def set_threads(n: int) -> None:
+    """Use n CPU threads in torch's kernels and in the numba Cauchy kernel. numba's pool defaults to every
+    core, so without this two `--threads 1` training processes on 2 cores run 6 threads and each slows ~4x."""
+    torch.set_num_threads(n)
+    if _cauchy_cpu is not None:
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 def cauchy(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: str = "auto",
            conj: bool = False) -> torch.Tensor:
     """Cauchy sum. v, w (..., N) complex; z (L,) complex -> (..., L) complex (see module docstring)."""
