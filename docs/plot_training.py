@@ -3,6 +3,8 @@
     python docs/plot_training.py extract runs/<run>/metrics.jsonl > docs/curves/<model>-stage<k>.jsonl
     python docs/plot_training.py plot docs/curves/piano-synth-stage3.jsonl docs/curves/piano-synth-stage4.jsonl \
         --title "piano-synth sashimi-2" --out docs/training_piano.png
+    python docs/plot_training.py plot docs/curves/efficiency-*.jsonl --overlay \
+        --title "piano-synth from scratch, 10 min each" --out docs/training_efficiency.png
 
 A curve file holds one JSON object per validation: step, samples (seen in that stage), val_nll_bits, and where
 the run logged them elapsed_s (wall-clock since the stage started) and val_nll_bits_raw (the trained weights
@@ -38,7 +40,8 @@ def extract(metrics: Path) -> list[dict]:
     return out
 
 
-def plot(curves: list[Path], title: str, out: Path) -> None:
+def plot(curves: list[Path], title: str, out: Path, overlay: bool = False) -> None:
+    """Stages one after the other on the samples axis, or (overlay) each run from 0: runs to compare."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,8 +65,8 @@ def plot(curves: list[Path], title: str, out: Path) -> None:
         if raw and timed:
             by_time.plot([r["elapsed_s"] / 60 for r in raw], [r["val_nll_bits_raw"] for r in raw], ".--", ms=2,
                          alpha=0.6, label=f"{label} (no average)")
-        offset += rows[-1]["samples"]
-    by_samples.set_xlabel("training samples, all stages (M)")
+        offset += 0.0 if overlay else rows[-1]["samples"]
+    by_samples.set_xlabel("training samples (M)" if overlay else "training samples, all stages (M)")
     by_samples.set_ylabel("validation NLL (bits)")
     by_time.set_xlabel("wall-clock of the stage (min, 2 vCPUs)")
     for ax in (by_samples, by_time):
@@ -83,12 +86,13 @@ def main(argv=None) -> int:
     q.add_argument("curves", type=Path, nargs="+")
     q.add_argument("--title", default="")
     q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--overlay", action="store_true", help="each curve from 0 samples (runs compared)")
     args = p.parse_args(argv)
     if args.cmd == "extract":
         for row in extract(args.metrics):
             print(json.dumps(row))
     else:
-        plot(args.curves, args.title, args.out)
+        plot(args.curves, args.title, args.out, args.overlay)
     return 0
 
 
