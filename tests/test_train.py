@@ -184,34 +184,35 @@ def test_init_from_warm_starts_a_new_run(sc09, trained, tmp_path, capsys):
     assert "model config differs from this run's in ['d_model']" in capsys.readouterr().err
 
 
-def test_checkpoint_activations_trains_the_same(sc09, tmp_path, capsys):
-    base = ["--data", str(sc09), "--steps", "3", "--log-every", "1", "--val-every", "0", "--sample-every", "0",
+def three_step_args(sc09) -> list[str]:
+    return ["--data", str(sc09), "--steps", "3", "--log-every", "1", "--val-every", "0", "--sample-every", "0",
             *FAST_CLI]
+
+
+def losses_without_and_with(flag: str, sc09, tmp_path) -> dict[bool, dict[int, float]]:
+    """{False: losses of a 3-step run, True: the same run with ``flag``}; checks train_config records it."""
     runs = {}
-    for flag in ([], ["--checkpoint-activations"]):
-        out = tmp_path / ("recompute" if flag else "keep")
-        assert main([*base, "--out", str(out), *flag]) == 0
-        runs[bool(flag)] = losses(out)
-        saved = json.loads((out / "train_config.json").read_text())
-        assert saved["checkpoint_activations"] is bool(flag)
+    for extra in ([], [flag]):
+        out = tmp_path / ("with" if extra else "without")
+        assert main([*three_step_args(sc09), "--out", str(out), *extra]) == 0
+        runs[bool(extra)] = losses(out)
+        assert json.loads((out / "train_config.json").read_text())[flag[2:].replace("-", "_")] is bool(extra)
     assert runs[True].keys() == runs[False].keys() == {1, 2, 3}
+    return runs
+
+
+def test_checkpoint_activations_trains_the_same(sc09, tmp_path, capsys):
+    runs = losses_without_and_with("--checkpoint-activations", sc09, tmp_path)
     for step, loss in runs[False].items():  # same gradients, so the same trajectory up to rounding
         assert abs(runs[True][step] - loss) < 1e-4, (step, runs[True][step], loss)
-    assert main([*base, "--preset", "wavenet-tiny", "--out", str(tmp_path / "w"), "--checkpoint-activations"]) == 2
+    assert main([*three_step_args(sc09), "--preset", "wavenet-tiny", "--out", str(tmp_path / "w"),
+                 "--checkpoint-activations"]) == 2
     assert "--checkpoint-activations supports SaShiMi models, not wavenet" in capsys.readouterr().err
 
 
 def test_amp_cpu_trains_close_to_float32(sc09, tmp_path):
     """--amp-cpu: the training step runs under bf16 autocast on CPU; its losses follow float32's closely."""
-    base = ["--data", str(sc09), "--steps", "3", "--log-every", "1", "--val-every", "0", "--sample-every", "0",
-            *FAST_CLI]
-    runs = {}
-    for flag in ([], ["--amp-cpu"]):
-        out = tmp_path / ("bf16" if flag else "fp32")
-        assert main([*base, "--out", str(out), *flag]) == 0
-        runs[bool(flag)] = losses(out)
-        assert json.loads((out / "train_config.json").read_text())["amp_cpu"] is bool(flag)
-    assert runs[True].keys() == runs[False].keys() == {1, 2, 3}
+    runs = losses_without_and_with("--amp-cpu", sc09, tmp_path)
     assert runs[True] != runs[False]  # bf16 really ran
     for step, loss in runs[False].items():
         assert abs(runs[True][step] - loss) < 0.05, (step, runs[True][step], loss)
