@@ -230,3 +230,27 @@ def test_block_trains_under_cpu_bf16_autocast():
     for name, p in model.named_parameters():
         rel = (p.grad - want[name]).norm() / want[name].norm()
         assert torch.isfinite(p.grad).all() and rel < 0.05, (name, rel.item())
+
+
+def test_chunked_conv_reuses_weight_only_work_until_a_weight_changes(monkeypatch):
+    """The kernel K[:C] and the eigenbasis are computed once per weights: a second read reuses them, an
+    in-place change of a parameter (as an optimiser step) or load_state_dict recomputes them."""
+    torch.manual_seed(4)
+    kernel = S4Block(6, d_state=16).eval().kernel
+    u = torch.randn(1, 6, 300)
+    calls = []
+    eigen_io = kernel._eigen_io
+    monkeypatch.setattr(kernel, "_eigen_io", lambda: calls.append(1) or eigen_io())
+    with torch.no_grad():
+        first, _ = kernel.chunked_conv(u, chunk=64)
+        again, _ = kernel.chunked_conv(u, chunk=64)
+        assert len(calls) == 1 and torch.equal(first, again)
+        kernel.log_dt.add_(0.3)  # in place: the same tensor, a new version
+        changed, _ = kernel.chunked_conv(u, chunk=64)
+        assert len(calls) == 2 and not torch.allclose(changed, first)
+        fresh = copy.deepcopy(kernel)
+        for name in ("_inference_cache", "_eigen_io"):  # nothing cached, the unpatched method
+            fresh.__dict__.pop(name, None)
+        torch.testing.assert_close(changed, fresh.chunked_conv(u, chunk=64)[0])
+        kernel.load_state_dict(S4Block(6, d_state=16).kernel.state_dict())
+        assert not torch.allclose(kernel.chunked_conv(u, chunk=64)[0], changed) and len(calls) == 3

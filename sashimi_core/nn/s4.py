@@ -198,7 +198,7 @@ class S4Kernel(nn.Module):
         u is cut into n chunks of C steps (zeros in front: they leave a zero state zero), every chunk meets the
         same (H, C, N) power table in one batched matmul (compute-bound, not a matvec per chunk), and the
         chunks' partial states are weighted by mu^(C (n-1-c)) and summed."""
-        mu, bbar, V, _ = self._eigen_io()
+        mu, bbar, V, _ = self._weights_cached("eigen_io", self._eigen_io)
         batch, L = u.shape[:2]
         if L == 0:  # nothing consumed at this tier yet
             return torch.zeros(batch, self.H, self.N2, dtype=torch.complex64, device=u.device)
@@ -232,6 +232,20 @@ class S4Kernel(nn.Module):
         cV = torch.einsum("hn,hnm->hm", torch.cat([C, C.conj()], -1), V)
         return mu, bbar, V, cV
 
+    def _weights_cached(self, name: str, make):
+        """make() (a function of the weights only), kept until a parameter or buffer is replaced or changed in
+        place (an optimiser step, load_state_dict, .to()): inference reads the same model many times."""
+        weights = (*self.parameters(), *self.buffers())
+        if any(t.is_inference() for t in weights):  # no version counter to tell a change by
+            return make()
+        key = lambda: tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))  # noqa: E731
+        cache = self.__dict__.setdefault("_inference_cache", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] != key():
+            value = make()
+            cache[name] = hit = (key(), value)  # keyed after make(): growing C̃ changes the weights
+        return hit[1]
+
     @torch.no_grad()
     def chunked_conv(self, u: torch.Tensor, chunk: int | None = None, state_at: int | None = None):
         """K * u (the kernel's causal convolution) for a long u (B, H, L) real, without a length-L kernel.
@@ -247,10 +261,10 @@ class S4Kernel(nn.Module):
         C = min(chunk, int(self.l_kernel)) if int(self.l_kernel) else chunk  # never grow C̃ here
         front = -state_at % C if state_at is not None else 0
         n = -(-(front + L) // C)
-        k = self.forward(C)
+        k = self._weights_cached(f"kernel_{C}", lambda: self.forward(C))
         uc = F.pad(u, (front, n * C - L - front)).reshape(batch, H, n, C)
         y = torch.fft.irfft(torch.fft.rfft(uc, n=2 * C) * torch.fft.rfft(k, n=2 * C).unsqueeze(1), n=2 * C)[..., :C]
-        mu, bbar, V, cV = self._eigen_io()
+        mu, bbar, V, cV = self._weights_cached("eigen_io", self._eigen_io)
         N = mu.shape[-1]
         u64 = uc.double().transpose(0, 1).reshape(H, batch * n, C)
         step = max(1, POWER_TABLE_ELEMENTS // (N * C))  # channels per power table
