@@ -120,7 +120,7 @@ def test_rater_refusals_show_their_message_and_keep_the_page_usable(tmp_path):
     from playground.listening.config import Scale, TestSpec
 
     ck = make_checkpoints(tmp_path / "ck", names=("solo",))
-    spec = TestSpec(title="Refusals", kind="custom", models=["solo"], clips_per_system=2, clip_seconds=4.0,
+    spec = TestSpec(title="Refusals", kind="custom", models=["solo"], clips_per_system=2, clip_seconds=8.0,
                     scales=[Scale("overall", "Overall", "How good is it?")])
     root = tmp_path / "listening"
     code = catalog.read_manifest(build_test(spec, root, model_roots=[(ck, True)]))["code"]
@@ -142,11 +142,11 @@ def test_rater_refusals_show_their_message_and_keep_the_page_usable(tmp_path):
         page.locator("#listen-audio button.play-pause-button").click()
         page.locator("#listen-submit:not([disabled])").wait_for()
         page.locator("#listen-scale-0 label").nth(2).click()
-        page.locator("#listen-submit").click()  # well before 4 s of listening, even on a loaded machine
+        page.locator("#listen-submit").click()  # well before 6.4 s (0.8 x 8 s) of listening, even on a loaded machine
         page.locator("#listen-hint").filter(has_text="Listen to").wait_for()
         shot(page, tmp_path, "rater-early-submit.png")
         assert page.locator("#listen-progress b").inner_text().startswith("1 /")
         assert page.locator(".error").count() == 0  # no component is covered by an error badge
-        page.wait_for_timeout(4500)  # the clip has played to the end by now
+        page.wait_for_timeout(8500)  # the clip has played to the end by now
         page.locator("#listen-submit").click()
         page.locator("#listen-progress b").filter(has_text="2 /").wait_for()
