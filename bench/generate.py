@@ -22,6 +22,7 @@ import time
 import torch
 
 from bench import common
+from sashimi_core.ops.cauchy import set_threads
 
 NAME = "generate"
 REFERENCE = {"dense_b1": 6, "diagonal_b1": 461, "diagonal_b16": 2266}
@@ -34,7 +35,7 @@ GPU_TARGET_B1 = 20 * REAL_TIME  # issue target for the GPU path at batch 1
 def run_case(preset: str, batch: int, engine: str, steps: int, threads: int, seed: int = 0,
              device: str = "cpu") -> dict:
     """Child process: build the preset (random init), warm up (compile), then time generate()."""
-    torch.set_num_threads(threads)
+    set_threads(threads)
     from sashimi_core import PRESETS, SaShiMi, generate
 
     torch.manual_seed(seed)
@@ -51,7 +52,7 @@ def run_case(preset: str, batch: int, engine: str, steps: int, threads: int, see
 
 def run_prompt_case(preset: str, seconds: float, threads: int, seed: int = 0, device: str = "cpu") -> dict:
     """Child process: time one prompt read with its NLL, chunked (as shipped) and with full-length kernels."""
-    torch.set_num_threads(threads)
+    set_threads(threads)
     from sashimi_core import PRESETS, SaShiMi
     from sashimi_core.nn import s4
 

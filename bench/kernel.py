@@ -15,6 +15,7 @@ import sys
 import torch
 
 from bench import common
+from sashimi_core.ops.cauchy import set_threads
 
 NAME = "kernel"
 H, D_STATE = 64, 64
@@ -89,7 +90,7 @@ def _parse(argv):
 
 def _case_in_child(threads, **kw):
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads)
     return run_case(**kw)
 
 

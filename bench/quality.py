@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bench import common
+from sashimi_core.ops.cauchy import set_threads
 
 NAME = "quality"
 SETS = ("unconditional", "continuation", "real")
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
     from sashimi_core.evaluate.nll import _checkpoint_dir
 
     args = parse(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         ckpt = _checkpoint_dir(Path(args.model))
         model = load_model(ckpt).eval()

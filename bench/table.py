@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from bench import common
+from sashimi_core.ops.cauchy import set_threads
 
 NAME = "table"
 ALL_SYSTEMS = ("sashimi-2", "sashimi-4", "sashimi-6", "sashimi-8", "s4-isotropic-4", "s4-isotropic-8",
@@ -399,7 +400,7 @@ def main(argv=None) -> int:
     args.grace_s = args.grace_seconds if args.grace_seconds is not None else max(60.0, args.budget_s)
     args.runs = Path(args.runs or mode["runs"]) / name
     systems = args.systems.split(",") if args.systems else list(QUICK_SYSTEMS if args.quick else ALL_SYSTEMS)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out) if args.out else common.RESULTS_DIR / f"table_{name}.json"
     data = {"benchmark": NAME, "data": name, "data_root": str(args.root), "quick": args.quick, "sc09": args.sc09,
             "env": common.env_record(args.device), "systems": systems,

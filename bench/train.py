@@ -14,6 +14,7 @@ import sys
 import torch
 
 from bench import common
+from sashimi_core.ops.cauchy import set_threads
 
 NAME = "train"
 REFERENCE = {"samples_per_s": 136, "peak_rss_gb": 11.2, "preset": "sashimi-sc09 (4.76M)", "L": 16000}
@@ -24,7 +25,7 @@ def run_case(preset: str, batch: int, length: int, backend: str, threads: int, r
              device: str = "cpu", recompute: bool = False) -> dict:
     """Child process: time `repeats` optimiser steps after one warm-up step (bf16 autocast on CUDA, as the
     trainer)."""
-    torch.set_num_threads(threads)
+    set_threads(threads)
     from sashimi_core import PRESETS, SaShiMi
     from sashimi_core.nn.s4 import S4Kernel
 

@@ -235,15 +235,15 @@ class S4Kernel(nn.Module):
     def _weights_cached(self, name: str, make):
         """make() (a function of the weights only), kept until a parameter or buffer is replaced or changed in
         place (an optimiser step, load_state_dict, .to()): inference reads the same model many times."""
-        weights = (*self.parameters(), *self.buffers())
-        if any(t.is_inference() for t in weights):  # no version counter to tell a change by
-            return make()
-        key = lambda: tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))  # noqa: E731
+        def stamp():  # None when a weight is an inference tensor: no version counter to tell a change by
+            weights = (*self.parameters(), *self.buffers())
+            return None if any(t.is_inference() for t in weights) else [(t.data_ptr(), t._version) for t in weights]
+
         cache = self.__dict__.setdefault("_inference_cache", {})
         hit = cache.get(name)
-        if hit is None or hit[0] != key():
+        if hit is None or hit[0] is None or hit[0] != stamp():
             value = make()
-            cache[name] = hit = (key(), value)  # keyed after make(): growing C̃ changes the weights
+            cache[name] = hit = (stamp(), value)  # stamped after make(): growing C̃ changes the weights
         return hit[1]
 
     @torch.no_grad()
