@@ -40,3 +40,16 @@ def test_pack_then_unpack_gives_the_same_tokens(tmp_path):
             assert torch.equal(got, want), path.name
     ds = AudioClipDataset(out, "train", length=4000, random_crop=False)  # the trainer reads the unpacked folders
     assert len(ds.files) == 3 and ds.layout == "split-folders"
+
+
+def test_not_in_sets_aside_an_earlier_stage_files(tmp_path):
+    data = tmp_path / "data"
+    for split, n in (("train", 8), ("valid", 1)):
+        (data / split).mkdir(parents=True)
+        for i in range(n):
+            sf.write(data / split / f"{split}{i}.wav", np.zeros(800), 16000, subtype="PCM_16")
+    tool = ROOT / "tools" / "gpu_stage"
+    subprocess.run([sys.executable, str(tool / "pack.py"), str(data), str(tmp_path / "p"), "1.0", "1.0", "--not-in",
+                    "0.5"], check=True)
+    names = [name for name, _ in json.loads((tmp_path / "p" / "train.json").read_text())]
+    assert names == [f"train__train{i}.wav" for i in (1, 3, 5, 7)]  # the files a 0.5 pack did not take

@@ -182,6 +182,16 @@ def test_init_from_warm_starts_a_new_run(sc09, trained, tmp_path, capsys):
     assert main(["--data", str(sc09), "--steps", "1", "--preset", "sashimi-tiny", "--out", str(tmp_path / "x"),
                  "--init-from", str(out / "checkpoint"), "--override", "d_model=32", "--no-progress"]) == 2
     assert "model config differs from this run's in ['d_model']" in capsys.readouterr().err
+    # a deeper model (n_layers a multiple) starts from the same function: one step at lr 1e-12 keeps it
+    deep = tmp_path / "deep"
+    assert main(["--data", str(sc09), "--steps", "1", "--out", str(deep), "--init-from", str(out / "checkpoint"),
+                 "--override", "n_layers=4", "--lr", "1e-12", "--ssm-lr", "1e-12", "--val-every", "0",
+                 "--sample-every", "0", *FAST_CLI]) == 0
+    shallow, grown = load_model(out / "checkpoint").eval(), load_model(deep / "checkpoint").eval()
+    assert grown.cfg.n_layers == 4 and grown.num_parameters() > shallow.num_parameters()
+    tokens = torch.randint(0, 256, (1, 256))
+    with torch.no_grad():
+        assert torch.allclose(grown(tokens), shallow(tokens), atol=1e-4)
 
 
 def three_step_args(sc09) -> list[str]:

@@ -58,6 +58,7 @@ from sashimi_core.nn.registry import ALL_PRESETS
 from sashimi_core.ops.cauchy import set_threads
 from sashimi_core.train.ema import WeightAverage
 from sashimi_core.train.run_state import RunLog, discard_partial_state, find_state, load_state, save_state
+from sashimi_core.train.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
@@ -97,7 +98,7 @@ class TrainConfig:
     checkpoint_activations: bool = False  # SaShiMi: recompute residual blocks in backward (less memory, slower)
     progress: bool = True  # tqdm bar (rank 0)
     resume: bool = False
-    init_from: str | None = None  # checkpoint folder whose weights start a new run (warm start; same model config)
+    init_from: str | None = None  # checkpoint whose weights start a new run (same config, or deeper)
     ema: float = 0.0  # decay of a weight average used for validation, samples and the checkpoint (0 = off)
 
 
@@ -148,23 +149,6 @@ def model_fields(cfg: TrainConfig) -> tuple[str, dict]:
         fields["quantization"] = cfg.quantization
     validate_config(architecture, fields, f"--preset {cfg.preset}")
     return architecture, fields
-
-
-def warm_start(model: torch.nn.Module, directory: str) -> None:
-    """Copy the weights of checkpoint `directory` into model (a new run's step 0); the configs must agree."""
-    from sashimi_core.checkpoint import load_model
-
-    source = load_model(directory)
-    if source.cfg.architecture != model.cfg.architecture:
-        raise ValueError(f"--init-from {directory}: it holds a {source.cfg.architecture} model, this run trains "
-                         f"{model.cfg.architecture}")
-    differ = [f.name for f in dataclasses.fields(model.cfg)
-              if getattr(source.cfg, f.name) != getattr(model.cfg, f.name)]
-    if differ:
-        raise ValueError(f"--init-from {directory}: its model config differs from this run's in {differ}; "
-                         f"pick the preset/overrides it was trained with")
-    model.load_state_dict(source.state_dict())
-    log.info("warm start from %s", directory)
 
 
 # ------------------------------------------------------------------------------------------ optimizer, schedule

@@ -1,12 +1,13 @@
 """Pack part of a built data set as 8-bit mu-law tokens, xz-compressed, small enough to copy to a GPU machine.
 
-    python tools/gpu_stage/pack.py DATA_DIR PACK_DIR TRAIN_FRACTION [VALID_FRACTION]
+    python tools/gpu_stage/pack.py DATA_DIR PACK_DIR TRAIN_FRACTION [VALID_FRACTION] [--not-in EARLIER_FRACTION]
 
 Takes every (1 / fraction)-th file of the sorted split (train and valid), encodes it exactly as the trainer
 does (`sashimi_core.ops.quantize.encode`), and writes PACK_DIR/{split}.xz (concatenated uint8 tokens) and
 PACK_DIR/{split}.json ([file name, samples] in order). `unpack.py` turns it back into WAV folders whose tokens
 are the same: the shipped GPU stages (docs/training.md) trained on such a pack because a lease copies at most
-64 MiB. Only mu-law, 16 kHz, mono data sets.
+64 MiB. Only mu-law, 16 kHz, mono data sets. `--not-in F` first sets aside the train files that a pack with
+train fraction F chose (an earlier stage's), so a later stage sees new audio.
 """
 import json
 import lzma
@@ -22,12 +23,19 @@ from sashimi_core.data.loaders import split_files  # noqa: E402
 from sashimi_core.ops.quantize import encode  # noqa: E402
 
 
-def pack(src: str, dst: str, fractions: dict[str, float]) -> None:
+def every_nth(files: list[str], fraction: float) -> list[str]:
+    """Every (1 / fraction)-th of files, int(len * fraction) of them."""
+    return [files[int(i / fraction)] for i in range(int(len(files) * fraction))]
+
+
+def pack(src: str, dst: str, fractions: dict[str, float], not_in: float | None = None) -> None:
     os.makedirs(dst, exist_ok=True)
     for split, frac in fractions.items():
         files = sorted(split_files(src, split))
-        step = 1.0 / frac
-        chosen = [files[int(i * step)] for i in range(int(len(files) * frac))]
+        if split == "train" and not_in:
+            earlier = set(every_nth(files, not_in))
+            files = [f for f in files if f not in earlier]
+        chosen = every_nth(files, frac)
         arrays, index = [], []
         for f in chosen:
             audio, sr = sf.read(f, dtype="float32")
@@ -46,5 +54,10 @@ def pack(src: str, dst: str, fractions: dict[str, float]) -> None:
 
 
 if __name__ == "__main__":
-    train = float(sys.argv[3])
-    pack(sys.argv[1], sys.argv[2], {"train": train, "valid": float(sys.argv[4]) if len(sys.argv) > 4 else 0.6})
+    args = sys.argv[1:]
+    not_in = None
+    if "--not-in" in args:
+        at = args.index("--not-in")
+        not_in = float(args[at + 1])
+        del args[at:at + 2]
+    pack(args[0], args[1], {"train": float(args[2]), "valid": float(args[3]) if len(args) > 3 else 0.6}, not_in)

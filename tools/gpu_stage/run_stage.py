@@ -2,13 +2,15 @@
 
     OUT=results BUDGET=530 INIT=checkpoints/piano-synth python tools/gpu_stage/run_stage.py PACK_DIR
 
-1. unpacks the token pack (pack.py) to /tmp/data; on CUDA starts the CUDA tests beside it;
+1. unpacks the token pack (pack.py) to $DATA; on CUDA starts the CUDA tests beside it (unless TESTS=0);
 2. a 30-step probe run measures samples/s at batch B x length L;
-3. one run of `python -m sashimi_core.train --init-from INIT` whose step count fills the time left
-   (95% of the measured rate), cosine learning rate with a 1/15 warm-up, a weight average with decay
+3. one run of `python -m sashimi_core.train --init-from INIT` (a deeper PRESET grows the model:
+   sashimi_core/train/warm_start.py) whose step count fills the time left (SAFETY, 0.95, x the measured rate), cosine learning rate with a 1/15 warm-up, a weight average with decay
    1 - 5/steps (0.99..0.999), 6 validations and 10 checkpoints;
-4. leaves OUT/checkpoint.tar (the average), OUT/raw.safetensors (the trained weights), metrics.jsonl,
-   train_config.json and logs. Env: B (32), L (16000), LR (3e-3), PRESET (sashimi-2), DEV (cuda).
+4. leaves OUT/stage.tar (checkpoint/ with the average, metrics.jsonl, train_config.json, and with RAW=1
+   raw.safetensors, the trained weights) and the logs. Env: B (32), L (16000), LR (3e-3), PRESET (sashimi-2),
+   DEV (cuda), DATA (/tmp/data). Two stages can share one GPU: run two of these at once, each with its own
+   OUT and DATA, TESTS=0 in one and a lower SAFETY (tools/gpu_stage/README.md).
 """
 import json
 import os
@@ -26,7 +28,10 @@ INIT = os.environ.get("INIT", "checkpoints/piano-synth")
 PRESET = os.environ.get("PRESET", "sashimi-2")
 B, L, LR = int(os.environ.get("B", 32)), int(os.environ.get("L", 16000)), os.environ.get("LR", "3e-3")
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = "/tmp/data"
+DATA = os.environ.get("DATA", "/tmp/data")
+TESTS = os.environ.get("TESTS", "1") == "1"
+SAFETY = float(os.environ.get("SAFETY", 0.95))
+RAW = os.environ.get("RAW", "0") == "1"
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
@@ -66,13 +71,14 @@ def main(pack_dir: str) -> None:
     if not os.path.isdir(f"{DATA}/train"):
         sh([sys.executable, f"{HERE}/unpack.py", pack_dir, DATA], 120, "unpack")
     tests = None
-    if DEV == "cuda":
+    if DEV == "cuda" and TESTS:
         tests = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
                                   "tests/test_graph_step.py"], stdout=open(f"{OUT}/cuda_tests.log", "w"),
                                  stderr=subprocess.STDOUT, env=ENV)
 
-    shutil.rmtree("/tmp/probe", ignore_errors=True)
-    sh(train_cmd("/tmp/probe", 30, "--val-every", "0", "--checkpoint-every", "100000", "--warmup", "10"),
+    probe = f"{DATA}-probe"
+    shutil.rmtree(probe, ignore_errors=True)
+    sh(train_cmd(probe, 30, "--val-every", "0", "--checkpoint-every", "100000", "--warmup", "10"),
        min(150, left() - 60), "probe")
     if tests is not None:
         try:
@@ -80,27 +86,25 @@ def main(pack_dir: str) -> None:
         except subprocess.TimeoutExpired:
             tests.kill()
             say("cuda tests timeout")
-    with open("/tmp/probe/metrics.jsonl") as f:
+    with open(f"{probe}/metrics.jsonl") as f:
         rates = [r["samples_per_s"] for r in map(json.loads, f) if r.get("kind") == "train"]
     rate = rates[-1]  # the first window includes start-up and compilation
     train_s = left() - 40  # final validation, checkpoint, packing
-    steps = max(50, int(train_s * rate / (B * L) * 0.95))
+    steps = max(50, int(train_s * rate / (B * L) * SAFETY))
     ema = min(0.999, max(0.99, 1 - 5.0 / steps))
     say(f"probe rates {rates}: {rate:.0f} samples/s -> {steps} steps in ~{train_s:.0f}s, ema {ema:.4f}")
 
-    run = "/tmp/run"
+    run = f"{DATA}-run"
     shutil.rmtree(run, ignore_errors=True)
     sh(train_cmd(run, steps, "--warmup", str(max(20, steps // 15)), "--schedule", "cosine", "--ema", f"{ema:.4f}",
                  "--val-every", str(max(25, steps // 6)), "--checkpoint-every", str(max(25, steps // 10))),
        left() - 25, "train")
-    for name in ("metrics.jsonl", "train_config.json"):
-        if os.path.exists(f"{run}/{name}"):
-            shutil.copy(f"{run}/{name}", f"{OUT}/{name}")
-    if os.path.isdir(f"{run}/checkpoint"):
-        with tarfile.open(f"{OUT}/checkpoint.tar", "w") as t:
-            t.add(f"{run}/checkpoint", arcname="checkpoint")
-    if os.path.exists(f"{run}/state/model.safetensors"):
-        shutil.copy(f"{run}/state/model.safetensors", f"{OUT}/raw.safetensors")
+    with tarfile.open(f"{OUT}/stage.tar", "w") as t:  # few files: a lease returns at most 8
+        for name, arcname in (("checkpoint", "checkpoint"), ("metrics.jsonl", "metrics.jsonl"),
+                              ("train_config.json", "train_config.json"),
+                              ("state/model.safetensors", "raw.safetensors" if RAW else None)):
+            if arcname and os.path.exists(f"{run}/{name}"):
+                t.add(f"{run}/{name}", arcname=arcname)
     say("done", sorted(os.listdir(OUT)))
 
 
