@@ -58,6 +58,34 @@ def test_shared_prompt_is_read_once_with_its_nll(model):
     assert s3.prompt_nll_bits is None
 
 
+class CountingSaShiMi(SaShiMi):
+    """The real model, counting its prompt reads."""
+    reads = 0
+
+    def prefill(self, prompt, return_nll=False):
+        type(self).reads += 1
+        return super().prefill(prompt, return_nll)
+
+
+@pytest.mark.parametrize("engine", ["fast", "torch"])
+def test_a_repeated_prompt_is_read_once_until_the_weights_change(engine):
+    torch.manual_seed(0)
+    model = CountingSaShiMi(PRESETS["sashimi-tiny"]).eval()
+    prompt, other = torch.randint(0, 256, (300,)), torch.randint(0, 256, (300,))
+    first, s1 = generate(model, 50, prompt=prompt, n_samples=1, seed=5, engine=engine, return_stats=True)
+    again, s2 = generate(model, 50, prompt=prompt, n_samples=1, seed=5, engine=engine, return_stats=True)
+    assert CountingSaShiMi.reads == 1 and torch.equal(first, again)  # the remembered read, untouched by use
+    assert s2.prompt_nll_bits == s1.prompt_nll_bits
+    generate(model, 50, prompt=prompt, n_samples=3, seed=6, engine=engine)  # same prompt, other settings
+    generate(model, 50, prompt=other, n_samples=1, seed=5, engine=engine)
+    assert CountingSaShiMi.reads == 2
+    with torch.no_grad():
+        model.head.weight.mul_(1.5)  # new weights: the read is redone, and its NLL changes
+    _, s3 = generate(model, 50, prompt=prompt, n_samples=1, seed=5, engine=engine, return_stats=True)
+    assert CountingSaShiMi.reads == 3 and s3.prompt_nll_bits != s1.prompt_nll_bits
+    CountingSaShiMi.reads = 0
+
+
 @pytest.mark.parametrize("engine", ["fast", "torch"])
 def test_on_tokens_streams_every_block_in_order(model, engine):
     blocks = []
