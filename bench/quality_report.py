@@ -65,7 +65,7 @@ def speech_table(sm: dict) -> list[str]:
     acc = sm["real"]["recogniser"].get("accuracy")
     if acc is not None:
         lines.append(f"| pocketsphinx: share decoded as the right digit | | | {_num(acc)} |")
-    lines.append(f"\nClassifier: {sm['classifier']}. Generated clips have no intended digit, so only the real "
+    lines.append(f"\nClassifier: {Path(sm['classifier']).name}. Generated clips have no intended digit, so only the real "
                  "set has a recogniser accuracy.")
     return lines
 
@@ -76,7 +76,7 @@ def markdown(result: dict) -> str:
     n = s["n"]
     lines = [f"## Quality report: {model['name']} ({model['architecture']}, {model['n_parameters']:,} parameters)",
              "",
-             f"Data: {result['data']} (test split). {n} clips per set; unconditional {s['seconds']} s; "
+             f"Data: {Path(result['data']).name} (test split). {n} clips per set; unconditional {s['seconds']} s; "
              f"continuation {s['seconds']} s after a {s['prompt_seconds']} s prompt (measured on the "
              f"generated part); temperature {s['temperature']}, top-p {s['top_p']}, seed {s['seed']}. "
              "Cells: mean over clips ± half-width of the 95% t-interval.",
