@@ -417,8 +417,8 @@ class S4Block(nn.Module):
             y = fft_conv(u, self.kernel(L))  # k (H, L)
             if n is not None:
                 state = self.kernel.state_from_sequence(x[:, :n])
-        if n is not None:  # like init_state: step matrices of these weights
-            self._step_cache = self.kernel._weights_cached("step_params", self.kernel.step_params)
+        if n is not None:  # like init_state: step matrices of these weights (not cached across calls: made in
+            self._step_cache = self.kernel.step_params()  # inference mode, they could not serve a step under grad)
         y = torch.addcmul(y, u, self.D.unsqueeze(-1))
         return self._post(y.transpose(1, 2)), state
 
