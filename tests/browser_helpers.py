@@ -37,3 +37,20 @@ def shot(page, tmp: Path, name: str, full_page: bool = True) -> Path:
         Path(os.environ["E2E_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(os.environ["E2E_SCREENSHOTS"]) / name)
     return path
+
+
+def click_until(button, expected, tries: int = 3, each_ms: int = 30_000) -> None:
+    """Click `button` until the locator `expected` shows (for clicks that are safe to repeat, e.g. a refused
+    Join): on a loaded 2-core machine a click right after a page loads or during a running generation was
+    seen to go unanswered (CI, 1 run in 3); a click that never gets its answer still fails the test."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(tries - 1):
+        button.click()
+        try:
+            expected.wait_for(timeout=each_ms)
+            return
+        except PlaywrightTimeout:
+            continue
+    button.click()
+    expected.wait_for(timeout=each_ms)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_helpers import BROWSER_TEST, chromium, shot
+from browser_helpers import BROWSER_TEST, chromium, click_until, shot
 
 from app_helpers import ROOT, LaunchedApp, make_tiny_checkpoint
 
@@ -118,8 +118,7 @@ def test_progress_in_view_busy_click_explained_and_seed_box_shows_the_seed_used(
         timeout=240_000)
     shot(page, tmp, "progress.png", full_page=False)
     before = seed_box.input_value()
-    page.locator("#generate-btn").click()
-    page.locator("#estimate").get_by_text("already running on this page").wait_for()
+    click_until(page.locator("#generate-btn"), page.locator("#estimate").get_by_text("already running on this page"))
     assert seed_box.input_value() == before  # nothing new generated yet: the box is unchanged
     page.locator("#stop-btn").click()
     page.locator("#results-summary").get_by_text("stopped early").wait_for(timeout=120_000)

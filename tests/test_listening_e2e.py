@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from browser_helpers import BROWSER_TEST, chromium, shot
+from browser_helpers import BROWSER_TEST, chromium, click_until, shot
 from listening_helpers import MODEL_NAMES, make_checkpoints, make_real_folder
 
 from app_helpers import LaunchedApp
@@ -133,8 +133,7 @@ def test_rater_refusals_show_their_message_and_keep_the_page_usable(tmp_path):
         page.goto(f"{app.url}rate")
         box = page.locator("#listen-code input, #listen-code textarea").first
         box.fill("ZZZZZZ")
-        page.locator("#listen-join").click()
-        page.locator("#listen-hint").filter(has_text="No open test").wait_for()
+        click_until(page.locator("#listen-join"), page.locator("#listen-hint").filter(has_text="No open test"))
         shot(page, tmp_path, "rater-wrong-code.png")
         box.fill(code)  # the same box and button still work
         page.locator("#listen-join").click()
