@@ -39,18 +39,21 @@ def shot(page, tmp: Path, name: str, full_page: bool = True) -> Path:
     return path
 
 
-def click_until(button, expected, tries: int = 3, each_ms: int = 30_000) -> None:
+def click_until(button, expected, tries: int = 3, each_ms: int = 30_000, before=None) -> None:
     """Click `button` until the locator `expected` shows (for clicks that are safe to repeat, e.g. a refused
-    Join): on a loaded 2-core machine a click right after a page loads or during a running generation was
-    seen to go unanswered (CI, 1 run in 3); a click that never gets its answer still fails the test."""
+    Join), calling before() ahead of each try when given (e.g. reload the page and fill the form). In full CI
+    runs on a loaded 2-core machine such a click, right after a page load or during a running generation, went
+    unanswered for 60-90 s (3 runs of 5; never when the test ran alone or beside a CPU hog): a click that never
+    gets its answer still fails the test."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    for _ in range(tries - 1):
+    for attempt in range(tries):
+        if before is not None:
+            before()
         button.click()
         try:
             expected.wait_for(timeout=each_ms)
             return
         except PlaywrightTimeout:
-            continue
-    button.click()
-    expected.wait_for(timeout=each_ms)
+            if attempt == tries - 1:
+                raise

@@ -130,10 +130,14 @@ def test_rater_refusals_show_their_message_and_keep_the_page_usable(tmp_path):
     with app, chromium() as browser:
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.set_default_timeout(60_000)
-        page.goto(f"{app.url}rate")
         box = page.locator("#listen-code input, #listen-code textarea").first
-        box.fill("ZZZZZZ")
-        click_until(page.locator("#listen-join"), page.locator("#listen-hint").filter(has_text="No open test"))
+
+        def open_and_fill():
+            page.goto(f"{app.url}rate")
+            box.fill("ZZZZZZ")
+
+        click_until(page.locator("#listen-join"), page.locator("#listen-hint").filter(has_text="No open test"),
+                    before=open_and_fill)
         shot(page, tmp_path, "rater-wrong-code.png")
         box.fill(code)  # the same box and button still work
         page.locator("#listen-join").click()
