@@ -9,6 +9,7 @@ are the same: the shipped GPU stages (docs/training.md) trained on such a pack b
 64 MiB. Only mu-law, 16 kHz, mono data sets. `--not-in F` first sets aside the train files that a pack with
 train fraction F chose (an earlier stage's), so a later stage sees new audio.
 """
+import argparse
 import json
 import lzma
 import os
@@ -54,10 +55,12 @@ def pack(src: str, dst: str, fractions: dict[str, float], not_in: float | None =
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    not_in = None
-    if "--not-in" in args:
-        at = args.index("--not-in")
-        not_in = float(args[at + 1])
-        del args[at:at + 2]
-    pack(args[0], args[1], {"train": float(args[2]), "valid": float(args[3]) if len(args) > 3 else 0.6}, not_in)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("data_dir")
+    ap.add_argument("pack_dir")
+    ap.add_argument("train_fraction", type=float)
+    ap.add_argument("valid_fraction", type=float, nargs="?", default=0.6)
+    ap.add_argument("--not-in", type=float, default=None, metavar="EARLIER_FRACTION",
+                    help="leave out the train files a pack with this train fraction chose")
+    args = ap.parse_args()
+    pack(args.data_dir, args.pack_dir, {"train": args.train_fraction, "valid": args.valid_fraction}, args.not_in)
