@@ -6,9 +6,10 @@ the batch) of `generate(model, n, engine="fast")` — the numba-compiled exact s
 in a fresh process (peak RSS). With --device cuda: `engine="graph"` (one CUDA graph per step phase) vs the
 torch loop on the GPU. 16,000 samples/s is real time at 16 kHz.
 Prompt cases (--prompt-seconds): reading a prompt in convolution mode with its NLL from the same pass
-(`model.prefill(prompt, return_nll=True)`, what the app does before sampling; long tiers convolved in chunks
-with the state carried between them, `S4Kernel.chunked_conv`) against the same read with full-length kernels
-(the baseline: one Cauchy kernel and one FFT as long as the prompt per layer, measured in the same child).
+(`model.prefill(prompt, return_nll=True)`, what the app does before sampling: passes of PREFILL_SEGMENT steps,
+each continuing from the state the last one left, long tiers convolved in chunks with the state carried
+between them, `S4Kernel.chunked_conv`) against the same read in one pass with full-length kernels (the
+baseline: one Cauchy kernel and one FFT as long as the prompt per layer, measured in the same child).
 The reference implementation's numbers on the project's original 2-core machine kind (DESIGN.md §9) are
 printed alongside (correct dense step: 6 samples/s; its numerically wrong "diagonal" step: 461 (B=1) /
 2,266 (B=16) samples/s).
@@ -54,7 +55,7 @@ def run_prompt_case(preset: str, seconds: float, threads: int, seed: int = 0, de
     """Child process: time one prompt read with its NLL, chunked (as shipped) and with full-length kernels."""
     set_threads(threads)
     from sashimi_core import PRESETS, SaShiMi
-    from sashimi_core.nn import s4
+    from sashimi_core.nn import s4, sashimi
 
     torch.manual_seed(seed)
     model = SaShiMi(PRESETS[preset]).to(device).eval()
@@ -71,7 +72,8 @@ def run_prompt_case(preset: str, seconds: float, threads: int, seed: int = 0, de
         model.prefill(tokens, return_nll=True)
         common.sync(device)
         repeat = time.perf_counter() - t0
-        s4.CHUNKED_CONV_MIN_LENGTH = 1 << 62  # the baseline: full-length kernels (grows C̃, so it runs last)
+        s4.CHUNKED_CONV_MIN_LENGTH = 1 << 62  # the baseline: one pass, full-length kernels (grows C̃: runs last)
+        sashimi.PREFILL_SEGMENT = 1 << 62
         t0 = time.perf_counter()
         model.prefill(tokens, return_nll=True)
         common.sync(device)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import run_steps
-from sashimi_core.nn import s4
+from sashimi_core.nn import s4, sashimi
 from sashimi_core.nn.sashimi import PRESETS, SaShiMi, with_overrides
 from sashimi_core.reference import backbone_from_reference
 
@@ -92,13 +92,16 @@ def test_token_step_equals_forward_and_prefill(unet):
     assert err < 1e-4
 
 
-def test_long_prompt_read_in_chunks_continues_like_stepping(monkeypatch):
-    """The chunked convolution a long prompt takes (made short here) leaves the state stepping leaves, and
-    its NLL from the same pass is the full-length forward's."""
+@pytest.mark.parametrize("segment,unet", [(1 << 14, False), (32, False), (20, True)])
+def test_long_prompt_read_in_chunks_continues_like_stepping(monkeypatch, segment, unet):
+    """The chunked convolution a long prompt takes (made short here), read in one pass or in passes of a few
+    hops that each continue from the last one's state (segment 20 rounds up to 32), leaves the state stepping
+    leaves, and its NLL is the full-length forward's."""
     monkeypatch.setattr(s4, "CHUNKED_CONV_MIN_LENGTH", 24)
     monkeypatch.setattr(s4, "CONV_CHUNK", 8)
+    monkeypatch.setattr(sashimi, "PREFILL_SEGMENT", segment)
     torch.manual_seed(2)
-    model = SaShiMi(PRESETS["sashimi-tiny"]).eval()
+    model = SaShiMi(with_overrides(PRESETS["sashimi-tiny"], unet=unet)).eval()
     tokens = torch.randint(0, 256, (2, 140))
     with torch.no_grad():
         T = 101

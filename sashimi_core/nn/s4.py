@@ -13,12 +13,15 @@ Recurrent mode: bilinear discretisation Ā = (2/dt - A)^{-1}(2/dt + A), B̄ = (2
 applies (2/dt - A)^{-1} with Woodbury in O(N) (the reference's 'linear' step). All discrete quantities are
 computed in float64 and only then cast; Ā is never diagonalised in float32 (its eigenvectors have condition
 number ~1e8 at the LegS init, which is why the reference's float32 'diagonal' step is off by O(0.5)).
-Where powers Ā^L are needed (C ↔ C̃, prompt → state), we use the float64 eigendecomposition of A, which is
-shared by all channels of one SSM copy (dt only changes the eigenvalues μ = (2/dt + a)/(2/dt - a)).
+Where powers Ā^L are needed for C ↔ C̃, we use the float64 eigendecomposition of A, which is shared by all
+channels of one SSM copy (dt only changes the eigenvalues μ = (2/dt + a)/(2/dt - a)). A long input read at
+inference (prompt → output and state, `chunked_conv`) uses the step itself as a real S x S matrix per channel
+(S = d_state), the same recurrence the step runs, applied a chunk of steps at a time.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -27,11 +30,9 @@ import torch.nn.functional as F
 from sashimi_core.nn.hippo import nplr_legs
 from sashimi_core.ops.cauchy import cauchy
 
-STATE_MATMUL_ELEMENTS = 1 << 22  # bound on the (H, rows, chunks, N) partial states of state_from_sequence
 CONV_CHUNK = 512  # inference on sequences of CHUNKED_CONV_MIN_LENGTH or more: chunks of this many steps
 # Chunked from 16 chunks up: at 8-20k steps it beat the length-L Cauchy kernel by 1.2-1.75x (H 64-256, 2 cores)
 CHUNKED_CONV_MIN_LENGTH = 1 << 13
-POWER_TABLE_ELEMENTS = 1 << 21  # bound on the (channels, N, chunk) power tables of chunked_conv
 
 
 def _c(x: torch.Tensor) -> torch.Tensor:
@@ -199,47 +200,31 @@ class S4Kernel(nn.Module):
         cV = torch.einsum("hn,hnm->hm", c, self._per_channel(V)) / (1 - mu**L)
         return torch.einsum("hm,hmk->hk", cV, self._per_channel(Vi))[:, : self.N2]
 
-    @torch.no_grad()
-    def state_from_sequence(self, u: torch.Tensor) -> torch.Tensor:
-        """State after consuming u (B, L, H): x_L = sum_k Ā^k B̄ u_{L-1-k}. Returns (B, H, N/2) complex64.
+    # ---- reading long inputs: the step as a real linear map, applied a chunk at a time -------------
+    def _real_step(self):
+        """The step s' = Ā s + B̄ u, y = Re<dC2, s'> (see `step_params`) as real maps on R^(2 N/2) (Re s, Im s),
+        float64, per channel: Ā (H, S, S), B̄ (H, S), the read-out row c (H, S), S = d_state. Built by stepping
+        the S basis states, so it is exactly the recurrence `S4Block.step` runs (never diagonalised)."""
+        p = self.step_params(torch.complex128)
+        n2 = self.N2
+        eye = torch.eye(n2, dtype=torch.complex128, device=p["E"].device)
+        basis = torch.cat([eye, 1j * eye]).expand(self.H, 2 * n2, n2)  # (H, S, N/2): Re then Im unit states
 
-        Computed in the eigenbasis of A in float64 as a Vandermonde sum, so a long prompt needs no step loop:
-        u is cut into n chunks of C steps (zeros in front: they leave a zero state zero), every chunk meets the
-        same (H, C, N) power table in one batched matmul (compute-bound, not a matvec per chunk), and the
-        chunks' partial states are weighted by mu^(C (n-1-c)) and summed."""
-        mu, bbar, V, _ = self._weights_cached("eigen_io", self._eigen_io)
-        batch, L = u.shape[:2]
-        if L == 0:  # nothing consumed at this tier yet
-            return torch.zeros(batch, self.H, self.N2, dtype=torch.complex64, device=u.device)
-        C = min(L, max(32, 1 << round(math.log2(L) / 2)))  # steps per chunk ~ sqrt(L): table and weights small
-        n = -(-L // C)
-        powers = _powers(mu, C + 1)  # (H, N, C + 1): mu^0 .. mu^C (products: cheaper than complex exp)
-        table = powers[..., :C].flip(-1).transpose(1, 2)  # (H, C, N): mu^(C-1-j)
-        t_re, t_im = table.real.contiguous(), table.imag.contiguous()
-        weight = _powers(powers[..., C], n).flip(-1).transpose(1, 2)  # (H, n, N): mu^(C (n-1-c))
-        u = F.pad(u.double().permute(2, 0, 1), (n * C - L, 0)).reshape(self.H, batch, n * C)  # (H, B, nC)
-        rows = max(1, STATE_MATMUL_ELEMENTS // (self.H * n * mu.shape[-1]))  # batch rows per matmul
-        acc = []
-        for b in range(0, batch, rows):
-            ub = u[:, b: b + rows].reshape(self.H, -1, C)  # (H, rows n, C)
-            part = torch.complex(torch.bmm(ub, t_re), torch.bmm(ub, t_im)).view(self.H, -1, n, mu.shape[-1])
-            acc.append((part * weight.unsqueeze(1)).sum(2))  # (H, rows, N)
-        acc = torch.cat(acc, 1).transpose(0, 1)  # (B, H, N)
-        x = torch.einsum("hnm,bhm->bhn", V, acc * bbar)
-        return x[..., : self.N2].to(torch.complex64)
+        def step(t):  # t = E s + B2 u, given; returns s' (..., N/2)
+            if "P" in p:
+                P, R = p["P"].unsqueeze(-2), p["R"].unsqueeze(-2)
+                t = t - P * (2 * (R * t).sum(-1, keepdim=True).real)
+            return p["Dinv"].unsqueeze(-2) * t
 
-    def _eigen_io(self):
-        """The discrete SSM in A's eigenbasis, per channel, complex128: mu (H, N) the eigenvalues of Ā,
-        V^{-1} B̄ (H, N), V (H, N, N), and c V (H, N) for the raw output row c (all N modes)."""
-        a, V, Vi = self._eig()
-        mu, r, a_h = self._mu(a)
-        V, Vi = self._per_channel(V), self._per_channel(Vi)
-        B = _c(self.B).to(torch.complex128)
-        B = self._per_channel(torch.cat([B, B.conj()], -1))
-        bbar = torch.einsum("hnm,hm->hn", Vi, 2 * B) / (r - a_h)
-        C = self._raw_C()
-        cV = torch.einsum("hn,hnm->hm", torch.cat([C, C.conj()], -1), V)
-        return mu, bbar, V, cV
+        corrected = p["E"].unsqueeze(-2) * basis
+        if "P" in p:
+            P = p["P"].unsqueeze(-2)
+            corrected = corrected - P * (2 * (P.conj() * basis).sum(-1, keepdim=True).real)
+        columns = step(corrected)  # (H, S, N/2): Ā applied to each basis state
+        A = torch.cat([columns.real, columns.imag], -1).transpose(1, 2)  # (H, S, S), column k = Ā e_k
+        b = step(p["B2"].unsqueeze(-2)).squeeze(-2)
+        c = torch.cat([p["dC2"].real, -p["dC2"].imag], -1)  # Re<dC2, s> = c . (Re s, Im s)
+        return A.contiguous(), torch.cat([b.real, b.imag], -1), c
 
     def _weights_cached(self, name: str, make):
         """make() (a function of the weights only), kept until a parameter or buffer is replaced or changed in
@@ -251,51 +236,108 @@ class S4Kernel(nn.Module):
             cache[name] = hit = (weights_stamp(self), value)  # stamped after make(): growing C̃ changes the weights
         return hit[1]
 
-    @torch.no_grad()
-    def chunked_conv(self, u: torch.Tensor, chunk: int | None = None, state_at: int | None = None):
-        """K * u (the kernel's causal convolution) for a long u (B, H, L) real, without a length-L kernel.
-        Returns (y (B, H, L), the state after u[..., :state_at] (B, H, N/2) complex64, or None).
+    def _chunk_tables(self, C: int):
+        """For chunks of C steps: what a chunk's inputs add to the state, fed (H, C, S) float32 with row j =
+        Ā^(C-1-j) B̄; the read-out of the state entering a chunk, read (H, S, C) float32 with column t = c Ā^(t+1);
+        and Ā^C (H, S, S) float64. Tables by doubling (log2 C batched matmuls; the powers of Ā in float64).
+        Kept for the rest of a read (`reading`), not beyond: they are H C S floats each."""
+        scope = self.__dict__.get("_read_scope")
+        if scope is not None and C in scope:
+            return scope[C]
+        A, b, c = self._weights_cached("real_step", self._real_step)
+        fed, read, power = b.float().unsqueeze(1), (c.unsqueeze(1) @ A).float(), A  # rows for j, t < 1
+        while fed.shape[1] < C:  # m rows -> 2m: fed = [fed Ā^m^T, fed] (rows stay in falling powers), read = [read, read Ā^m]
+            p = power.float()
+            fed = torch.cat([fed @ p.transpose(1, 2), fed], 1)
+            read = torch.cat([read, read @ p], 1)
+            power = power @ power
+        tables = fed[:, -C:].contiguous(), read[:, :C].transpose(1, 2).contiguous(), torch.linalg.matrix_power(A, C)
+        if scope is not None:
+            scope[C] = tables
+        return tables
 
-        u is cut into chunks of C steps. Within a chunk: an FFT convolution with K[:C]. From before it: the
-        state x carried into the chunk, read out as c Ā^(t+1) x at offset t. States and read-outs are computed
-        in A's eigenbasis in float64 (its eigenvectors are ill-conditioned), as batched matmuls against power
-        tables mu^j: the costs grow as L (log C + N), not L log L, and no Cauchy sum is longer than C. Zeros in
-        front (they leave a zero state zero) put step state_at on a chunk boundary."""
+    def _scan_chunks(self, uc: torch.Tensor, tables, state: torch.Tensor | None = None) -> torch.Tensor:
+        """States entering each chunk of uc (H, B, n, C) real and after the last, from `state` (the step-mode
+        state before uc, (B, H, N/2) complex; None = zero): (n + 1, H, B, S) float32."""
+        H, batch, n, C = uc.shape
+        fed, _, into = tables
+        added = torch.bmm(uc.reshape(H, batch * n, C).float(), fed).view(H, batch, n, fed.shape[-1])
+        added = added.permute(2, 0, 1, 3).contiguous()  # (n, H, B, S): each chunk's slice contiguous
+        states = torch.zeros(n + 1, H, batch, fed.shape[-1], device=uc.device)
+        if state is not None:
+            states[0] = torch.cat([state.real, state.imag], -1).transpose(0, 1)
+        into_t = into.transpose(1, 2).float().contiguous()  # float32 like the step itself: n steps, not nC
+        for i in range(n):  # x_(i+1) = Ā^C x_i + added_i: one small batched matmul per chunk
+            torch.baddbmm(added[i], states[i], into_t, out=states[i + 1])
+        return states
+
+    def _state_at(self, states: torch.Tensor, uc: torch.Tensor, m: int, tables) -> torch.Tensor:
+        """The step-mode state after the first m steps of uc (H, B, n, C), from its chunks' entering states:
+        x_m = Ā^r x_i + sum_(j<r) Ā^(r-1-j) B̄ u_(iC+j), i = m // C, r = m % C. (B, H, N/2) complex64."""
+        C = uc.shape[-1]
+        i, r = divmod(m, C)
+        x = states[i]
+        if r:
+            A = self._weights_cached("real_step", self._real_step)[0]
+            x = torch.bmm(x, torch.linalg.matrix_power(A, r).transpose(1, 2).float())
+            x = x + torch.bmm(uc[:, :, i, :r].float(), tables[0][:, C - r:])  # rows Ā^(r-1-j) B̄
+        return torch.complex(x[..., : self.N2], x[..., self.N2:]).transpose(0, 1).to(torch.complex64)
+
+    @torch.no_grad()
+    def state_from_sequence(self, u: torch.Tensor) -> torch.Tensor:
+        """State after consuming u (B, L, H): what L calls to `step` leave. Returns (B, H, N/2) complex64.
+
+        u is cut into chunks of C ~ sqrt(L) steps; each chunk's contribution is one batched matmul against a
+        table of Ā^j B̄, and the chunks are chained by Ā^C (`_scan_chunks`)."""
+        batch, L = u.shape[:2]
+        C = max(32, 1 << round(math.log2(max(L, 1)) / 2))
+        n = -(-L // C)
+        uc = F.pad(u.permute(2, 0, 1), (0, n * C - L)).reshape(self.H, batch, n, C)
+        tables = self._chunk_tables(C)
+        return self._state_at(self._scan_chunks(uc, tables), uc, L, tables)
+
+    @torch.no_grad()
+    def chunked_conv(self, u: torch.Tensor, chunk: int | None = None, state_at: int | None = None,
+                     state: torch.Tensor | None = None):
+        """K * u (the kernel's causal convolution) for a long u (B, H, L) real, without a length-L kernel, from
+        the step-mode `state` before u ((B, H, N/2) complex; None = zero). Returns (y (B, H, L), the state after
+        u[..., :state_at] (B, H, N/2) complex64, or None when state_at is None).
+
+        u is cut into chunks of C steps (chunk, default CONV_CHUNK, or fewer: ~sqrt(L)). Within a chunk: an FFT
+        convolution with K[:C]. From before it: the state x carried into the chunk, read out as c Ā^(t+1) x at
+        offset t. The states come from `_scan_chunks` and the read-outs from one batched matmul against a
+        (S, C) table per channel: the costs grow as L (log C + S), not L log L."""
         batch, H, L = u.shape
-        chunk = chunk or CONV_CHUNK
-        C = min(chunk, int(self.l_kernel)) if int(self.l_kernel) else chunk  # never grow C̃ here
-        front = -state_at % C if state_at is not None else 0
-        n = -(-(front + L) // C)
+        if L == 0:  # nothing to convolve; the state is the one given
+            zero = torch.zeros(batch, H, self.N2, dtype=torch.complex64, device=u.device)
+            return u.clone(), (None if state_at is None else zero if state is None else state.to(torch.complex64))
+        C = min(chunk or CONV_CHUNK, max(32, 1 << math.ceil(math.log2(max(L, 1)) / 2)))
+        if int(self.l_kernel):
+            C = min(C, int(self.l_kernel))  # never grow C̃ here
+        n = -(-L // C)
         k = self._weights_cached(f"kernel_{C}", lambda: self.forward(C))
-        uc = F.pad(u, (front, n * C - L - front)).reshape(batch, H, n, C)
+        uc = F.pad(u, (0, n * C - L)).reshape(batch, H, n, C)
         y = torch.fft.irfft(torch.fft.rfft(uc, n=2 * C) * torch.fft.rfft(k, n=2 * C).unsqueeze(1), n=2 * C)[..., :C]
-        mu, bbar, V, cV = self._weights_cached("eigen_io", self._eigen_io)
-        N = mu.shape[-1]
-        u64 = uc.double().transpose(0, 1).reshape(H, batch * n, C)
-        step = max(1, POWER_TABLE_ELEMENTS // (N * C))  # channels per power table
-        at = None if state_at is None else (front + state_at) // C  # the chunk that state_at's state enters
-        states, y_states = [], []
-        for h in range(0, H, step):
-            hs = slice(h, h + step)
-            powers = _powers(mu[hs], C + 1)  # (h, N, C + 1)
-            table = powers[..., :C].flip(-1).transpose(1, 2)  # (h, C, N): mu^(C-1-j), a chunk's state weights
-            part = torch.bmm(u64[hs], torch.cat([table.real, table.imag], -1))  # real u: one matmul, re | im
-            part = torch.complex(part[..., :N], part[..., N:])
-            part = (part * bbar[hs].unsqueeze(1)).view(-1, batch, n, N)  # state each chunk adds at its end
-            state = F.pad(_geometric_scan(part, powers[..., C]), (0, 0, 1, 0))  # (h, B, n + 1, N): entering c
-            if at is not None:
-                states.append(state[:, :, at])  # (h, B, N)
-            w = (state[:, :, :n] * cV[hs, None, None]).reshape(-1, batch * n, N)
-            out = powers[..., 1:]  # (h, N, C): mu^(t+1); Re(w out) = [Re w, -Im w] [Re out; Im out], one matmul
-            y_state = torch.bmm(torch.cat([w.real, -w.imag], -1), torch.cat([out.real, out.imag], 1))
-            y_states.append(y_state.view(-1, batch, n, C))
-        y_state = torch.cat(y_states) if len(y_states) > 1 else y_states[0]  # (H, B, n, C) float64
-        y = y + y_state.transpose(0, 1).to(y.dtype)  # contiguous (B, H, n, C): the reshape below is a view
-        y = y.reshape(batch, H, n * C)[..., front: front + L]
-        if state_at is None:
-            return y, None
-        x = torch.einsum("hnm,hbm->bhn", V, torch.cat(states))
-        return y, x[..., : self.N2].to(torch.complex64)
+        tables = self._chunk_tables(C)
+        uc = uc.transpose(0, 1)  # (H, B, n, C)
+        states = self._scan_chunks(uc, tables, state)  # (n + 1, H, B, S)
+        entering = states[:n].permute(1, 2, 0, 3).reshape(H, batch * n, states.shape[-1])
+        y_state = torch.bmm(entering, tables[1]).view(H, batch, n, C)
+        y = (y + y_state.transpose(0, 1)).reshape(batch, H, n * C)[..., :L]
+        return y, (None if state_at is None else self._state_at(states, uc, state_at, tables))
+
+
+@contextmanager
+def reading(model: nn.Module):
+    """While a long input is read in several passes (`SaShiMi.prefill`), each S4 kernel keeps its chunk tables."""
+    kernels = [m for m in model.modules() if isinstance(m, S4Kernel)]
+    for kernel in kernels:
+        kernel._read_scope = {}
+    try:
+        yield
+    finally:
+        for kernel in kernels:
+            kernel.__dict__.pop("_read_scope", None)
 
 
 class _Woodbury(torch.autograd.Function):
@@ -352,23 +394,6 @@ class _FFTConv(torch.autograd.Function):
         return du, dk
 
 
-def _powers(z: torch.Tensor, n: int) -> torch.Tensor:
-    """z (...) complex -> (..., n): z^0 .. z^(n-1) by a running product (float64: ~n eps relative error)."""
-    out = z.unsqueeze(-1).expand(*z.shape, n).clone()
-    out[..., 0] = 1
-    return torch.cumprod(out, -1)
-
-
-def _geometric_scan(p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Inclusive scan s_c = a s_(c-1) + p_c along dim 2 of p (h, B, n, N), a (h, N), in place: one small
-    multiply-add per chunk. (A log2(n)-step whole-tensor scan copies p at every step: 8x slower at n = 313,
-    17x at n = 1,875.) |a| <= 1 keeps it stable."""
-    a = a[:, None, :]
-    for c in range(1, p.shape[2]):
-        p[:, :, c].addcmul_(a, p[:, :, c - 1])
-    return p
-
-
 def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Causal convolution y_t = sum_{s<=t} k_s u_{t-s}. u (B, H, L) real, k (H, L) real -> (B, H, L)."""
     return _FFTConv.apply(u, k)
@@ -405,20 +430,21 @@ class S4Block(nn.Module):
         """x (B, L, H) -> (B, L, H)."""
         return self.forward_with_state(x)[0]
 
-    def forward_with_state(self, x: torch.Tensor, n: int | None = None):
+    def forward_with_state(self, x: torch.Tensor, n: int | None = None, state: torch.Tensor | None = None):
         """(forward(x), the recurrent state after x[:, :n] (what n calls to `step` leave; None when n is None)).
-        A long sequence at inference is convolved in chunks, and the state comes from the same pass."""
+        A long sequence at inference is convolved in chunks, and the state comes from the same pass.
+        state: the recurrent state before x (inference only; None = the zero state of `init_state`)."""
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
-        state = None
-        if L >= CHUNKED_CONV_MIN_LENGTH and not torch.is_grad_enabled():  # a long prompt: no length-L kernel
-            y, state = self.kernel.chunked_conv(u, state_at=n)
+        if state is not None or (L >= CHUNKED_CONV_MIN_LENGTH and not torch.is_grad_enabled()):
+            y, state = self.kernel.chunked_conv(u, state_at=n, state=state)  # a long prompt: no length-L kernel
         else:
             y = fft_conv(u, self.kernel(L))  # k (H, L)
             if n is not None:
                 state = self.kernel.state_from_sequence(x[:, :n])
-        if n is not None:  # like init_state: step matrices of these weights (not cached across calls: made in
-            self._step_cache = self.kernel.step_params()  # inference mode, they could not serve a step under grad)
+        if n is not None:  # the next `step` makes the step matrices of these weights (a long prompt is read in
+            self._step_cache = None  # several passes: once, not per pass; not kept across calls: made in
+            # inference mode, they could not serve a step under grad)
         y = torch.addcmul(y, u, self.D.unsqueeze(-1))
         return self._post(y.transpose(1, 2)), state
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from sashimi_core.nn.s4 import S4Block
+from sashimi_core.nn.s4 import S4Block, reading
 from sashimi_core.ops.metrics import nll_bits
 from sashimi_core.ops.quantize import ZERO_TOKEN
 
@@ -33,6 +33,7 @@ MAX_TIERS = 4  # len(pool) (presets: 0 or 2)
 MAX_POOL = 16  # each pool factor (presets: 4)
 MAX_EXPAND = 4  # width multiplier per tier (presets: 2)
 MAX_FF = 8  # FF expansion (presets: 2)
+PREFILL_SEGMENT = 1 << 14  # prompt steps per pass of `SaShiMi.prefill` at inference (rounded up to the hop)
 
 
 @dataclass(frozen=True)
@@ -176,20 +177,26 @@ class UpPool(nn.Module):
         """(..., H_out*P) with features ordered (h, s) -> (..., P, H_out)."""
         return y.unflatten(-1, (self.d_output, self.pool)).transpose(-1, -2)
 
-    def forward(self, x):
+    def forward(self, x, pending: torch.Tensor | None = None):
+        """x (B, L, H) -> (B, L*P, H_out). pending: the step-mode state (B, P, H_out) before x, the first
+        block's outputs (None: zeros, as at the start)."""
         B, L, _ = x.shape
         y = self._unfold(self.linear(x))  # (B, L, P, H_out)
-        y = F.pad(y[:, :-1], (0, 0, 0, 0, 1, 0))  # shift by one coarse step: output block j uses input j-1
+        if pending is None:
+            y = F.pad(y[:, :-1], (0, 0, 0, 0, 1, 0))  # shift by one coarse step: output block j uses input j-1
+        else:
+            y = torch.cat([pending.unsqueeze(1).to(y.dtype), y], 1)[:, :L]
         return y.reshape(B, L * self.pool, self.d_output)
 
     def init_state(self, batch_size):
         w = self.linear.weight
         return w.new_zeros(batch_size, self.pool, self.d_output)  # (B, P, H_out) pending outputs
 
-    def state_after(self, x, n: int):
-        """Step-mode state after consuming x[:, :n] (x (B, L, H) coarse): the outputs pending from step n-1."""
+    def state_after(self, x, n: int, before=None):
+        """Step-mode state after consuming x[:, :n] (x (B, L, H) coarse): the outputs pending from step n-1
+        (from before x when n = 0: `before`, or zeros at the start)."""
         if n == 0:
-            return self.init_state(x.shape[0])
+            return self.init_state(x.shape[0]) if before is None else before
         return self._unfold(self.linear(x[:, n - 1]))
 
     def step(self, x_coarse, state, phase: int):
@@ -241,11 +248,14 @@ class ResidualBlock(nn.Module):
         y, state = self.layer.step(self.norm(x_t), state)
         return x_t + y, state
 
-    def forward_with_state(self, x, n: int):
+    def forward_with_state(self, x, n: int, state=None):
         """(forward(x), the step-mode state after consuming x[:, :n] (None for stateless layers)), x (B, L, H):
-        an S4 layer gives its state from the same pass."""
+        an S4 layer gives its state from the same pass, and starts from `state` when one is given."""
         h = self.norm(x)
-        y, state = self.layer.forward_with_state(h, n) if isinstance(self.layer, S4Block) else (self.layer(h), None)
+        if isinstance(self.layer, S4Block):
+            y, state = self.layer.forward_with_state(h, n, state)
+        else:
+            y, state = self.layer(h), None
         return x + self.dropout(y), state
 
 
@@ -306,47 +316,58 @@ class Backbone(nn.Module):
         # activations in backward instead of keeping them (the trainer's --checkpoint-activations).
         self.checkpoint_activations = False
 
-    def forward(self, x: torch.Tensor, return_state: bool = False):
+    def forward(self, x: torch.Tensor, return_state: bool = False, state: tuple | None = None):
         """x (B, L, H) -> (B, L, H). L is padded to a multiple of the total pooling factor, then cropped.
 
         return_state=True also returns the step-mode state after consuming all L inputs (exactly what L
-        calls to `step` from `init_state` leave), so a long prompt can be read in convolution mode."""
+        calls to `step` from `init_state` leave), so a long prompt can be read in convolution mode.
+        state: a step-mode state to continue from (inference only), after a multiple of `cfg.hop` steps, so a
+        long prompt can be read in several passes."""
         L = x.shape[1]
         pad = -L % self.cfg.hop
         if pad:
             x = F.pad(x, (0, 0, 0, pad))  # causal model: right padding never affects positions < L
+        t0, d0, c0, u0 = state if state is not None else (0, None, None, None)
+        if t0 % self.cfg.hop:
+            raise ValueError(f"a pass can continue only from a state after a multiple of {self.cfg.hop} steps, "
+                             f"not {t0}")
         d, c, u = [], [], []
         rate = 1  # pooling between the input and the current tier
 
         recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
 
-        def run(layer, x, states):
+        def run(layer, x, states, before=None):  # before: this layer's step-mode state before x, or None
             if return_state and isinstance(layer, ResidualBlock):  # steps consumed at this tier: L // rate
-                x, state = layer.forward_with_state(x, L // rate)
-                states.append(state)
+                x, after = layer.forward_with_state(x, L // rate, before)
+                states.append(after)
                 return x
             if return_state:
-                states.append(layer.state_after(x, L // rate))
+                states.append(layer.state_after(x, L // rate, before) if isinstance(layer, UpPool) else
+                              layer.state_after(x, L // rate))  # a DownPool's buffer is empty between blocks
+            if isinstance(layer, UpPool):
+                return layer(x, before)
+            if before is not None and isinstance(layer, ResidualBlock):
+                return layer.forward_with_state(x, None, before)[0]
             if recompute and isinstance(layer, ResidualBlock):
                 return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
             return layer(x)
 
         outputs = [x]
-        for layer in self.d_layers:
-            x = run(layer, x, d)
+        for i, layer in enumerate(self.d_layers):
+            x = run(layer, x, d, d0 and d0[i])
             rate *= layer.pool if isinstance(layer, DownPool) else 1
             outputs.append(x)
-        for layer in self.c_layers:
-            x = run(layer, x, c)
+        for i, layer in enumerate(self.c_layers):
+            x = run(layer, x, c, c0 and c0[i])
         x = x + outputs.pop()
-        for block in self.u_layers:
+        for j, block in enumerate(self.u_layers):
             u.append([])
-            x_up = run(block[0], x, u[-1])
+            x_up = run(block[0], x, u[-1], u0 and u0[j][0])
             rate //= block[0].pool
             x = x_up + outputs.pop()  # UpPool, then the skip from the down path
             skip = x
-            for layer in block[1:]:
-                x = run(layer, x, u[-1])
+            for k, layer in enumerate(block[1:], start=1):
+                x = run(layer, x, u[-1], u0 and u0[j][k])
                 if self.cfg.unet:
                     x = x + outputs.pop()
             if not self.cfg.unet:
@@ -354,7 +375,7 @@ class Backbone(nn.Module):
         y = self.norm(x)[:, :L]
         if not return_state:
             return y
-        return y, (L, tuple(d), tuple(c), tuple(tuple(b) for b in u))
+        return y, (t0 + L, tuple(d), tuple(c), tuple(tuple(b) for b in u))
 
     # ---- recurrent mode ---------------------------------------------------------------------------
     def init_state(self, batch_size: int) -> tuple:
@@ -439,17 +460,24 @@ class SaShiMi(nn.Module):
 
     def prefill(self, prompt: torch.Tensor, return_nll: bool = False):
         """Read a prompt (B, T) in convolution mode: (logits for token T (B, V), state), the same as
-        `start` followed by T calls to `step`, in one parallel pass. return_nll=True also returns the
-        prompt's own NLL, mean -log2 p(prompt token) per row (B,), from the same pass."""
-        start = torch.full_like(prompt[:, :1], ZERO_TOKEN)
-        y, state = self.backbone(self.embedding(torch.cat([start, prompt], 1)), return_state=True)
+        `start` followed by T calls to `step`. return_nll=True also returns the prompt's own NLL, mean
+        -log2 p(prompt token) per row (B,), from the same pass.
+
+        At inference a long prompt is read in passes of PREFILL_SEGMENT steps, each continuing from the state
+        the last one left: activations stay a few MB (reused, cache-warm) instead of hundreds."""
+        tokens = torch.cat([torch.full_like(prompt[:, :1], ZERO_TOKEN), prompt], 1)  # y[:, t] predicts prompt[:, t]
+        hop = self.cfg.hop
+        segment = -(-PREFILL_SEGMENT // hop) * hop if not torch.is_grad_enabled() else tokens.shape[1]
+        state, bits = None, torch.zeros(prompt.shape[0], device=prompt.device)
+        with reading(self):
+            for s in range(0, tokens.shape[1], segment):
+                y, state = self.backbone(self.embedding(tokens[:, s: s + segment]), return_state=True, state=state)
+                targets = prompt[:, s: s + segment]
+                if return_nll and targets.shape[1]:
+                    bits = bits + nll_bits(self.head(y[:, : targets.shape[1]]), targets, "none").sum(-1)
         logits = self.head(y[:, -1])
         if not return_nll:
             return logits, state
-        chunk = 1 << 15  # positions per head call: the (B, T, V) logits of a long prompt are never all held
-        y = y[:, :-1]  # y[:, t] predicts prompt[:, t]
-        bits = sum(nll_bits(self.head(y[:, s: s + chunk]), prompt[:, s: s + chunk], "none").sum(-1)
-                   for s in range(0, prompt.shape[1], chunk))
         return logits, state, bits / max(prompt.shape[1], 1)
 
     @staticmethod
