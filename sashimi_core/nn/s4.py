@@ -236,37 +236,51 @@ class S4Kernel(nn.Module):
             cache[name] = hit = (weights_stamp(self), value)  # stamped after make(): growing C̃ changes the weights
         return hit[1]
 
+    def _read_cached(self, key, make):
+        """make(), kept for the rest of a read (`reading`) and not beyond: the chunk tables are H C S floats."""
+        scope = self.__dict__.get("_read_scope")
+        if scope is None:
+            return make()
+        if key not in scope:
+            scope[key] = make()
+        return scope[key]
+
     def _chunk_tables(self, C: int):
         """For chunks of C steps: what a chunk's inputs add to the state, fed (H, C, S) float32 with row j =
         Ā^(C-1-j) B̄; the read-out of the state entering a chunk, read (H, S, C) float32 with column t = c Ā^(t+1);
-        and Ā^C (H, S, S) float64. Tables by doubling (log2 C batched matmuls; the powers of Ā in float64).
-        Kept for the rest of a read (`reading`), not beyond: they are H C S floats each."""
-        scope = self.__dict__.get("_read_scope")
-        if scope is not None and C in scope:
-            return scope[C]
-        A, b, c = self._weights_cached("real_step", self._real_step)
-        fed, read, power = b.float().unsqueeze(1), (c.unsqueeze(1) @ A).float(), A  # rows for j, t < 1
-        while fed.shape[1] < C:  # m rows -> 2m: fed = [fed Ā^m^T, fed] (rows stay in falling powers), read = [read, read Ā^m]
-            p = power.float()
-            fed = torch.cat([fed @ p.transpose(1, 2), fed], 1)
-            read = torch.cat([read, read @ p], 1)
-            power = power @ power
-        tables = fed[:, -C:].contiguous(), read[:, :C].transpose(1, 2).contiguous(), torch.linalg.matrix_power(A, C)
-        if scope is not None:
-            scope[C] = tables
-        return tables
+        and Ā^C (H, S, S). Tables by doubling (log2 C batched matmuls; the powers of Ā in float64)."""
+        def make():
+            A, b, c = self._weights_cached("real_step", self._real_step)
+            fed, read, power = b.float().unsqueeze(1), (c.unsqueeze(1) @ A).float(), A  # rows for j, t < 1
+            while fed.shape[1] < C:  # m rows -> 2m: fed = [fed Ā^m^T, fed] (falling powers), read = [read, read Ā^m]
+                p = power.float()
+                fed = torch.cat([fed @ p.transpose(1, 2), fed], 1)
+                read = torch.cat([read, read @ p], 1)
+                power = power @ power
+            into = power if fed.shape[1] == C else torch.linalg.matrix_power(A, C)  # Ā^C: C is mostly a power of 2
+            return fed[:, -C:].contiguous(), read[:, :C].transpose(1, 2).contiguous(), into.float()
+        return self._read_cached(("tables", C), make)
+
+    def _toeplitz(self, C: int) -> torch.Tensor:
+        """The kernel's causal convolution within a chunk as a matrix: (H, C, C) with [j, t] = K_(t-j), t >= j."""
+        def make():
+            k = self._weights_cached(f"kernel_{C}", lambda: self.forward(C))  # (H, C)
+            lag = torch.arange(C, device=k.device)
+            lag = lag.unsqueeze(0) - lag.unsqueeze(1)  # [j, t] = t - j
+            return k[:, lag.clamp(min=0)] * (lag >= 0)
+        return self._read_cached(("toeplitz", C), make)
 
     def _scan_chunks(self, uc: torch.Tensor, tables, state: torch.Tensor | None = None) -> torch.Tensor:
         """States entering each chunk of uc (H, B, n, C) real and after the last, from `state` (the step-mode
         state before uc, (B, H, N/2) complex; None = zero): (n + 1, H, B, S) float32."""
         H, batch, n, C = uc.shape
         fed, _, into = tables
-        added = torch.bmm(uc.reshape(H, batch * n, C).float(), fed).view(H, batch, n, fed.shape[-1])
+        added = torch.bmm(uc.reshape(H, batch * n, C), fed).view(H, batch, n, fed.shape[-1])
         added = added.permute(2, 0, 1, 3).contiguous()  # (n, H, B, S): each chunk's slice contiguous
         states = torch.zeros(n + 1, H, batch, fed.shape[-1], device=uc.device)
         if state is not None:
             states[0] = torch.cat([state.real, state.imag], -1).transpose(0, 1)
-        into_t = into.transpose(1, 2).float().contiguous()  # float32 like the step itself: n steps, not nC
+        into_t = into.transpose(1, 2).contiguous()  # float32 like the step itself: n steps, not nC
         for i in range(n):  # x_(i+1) = Ā^C x_i + added_i: one small batched matmul per chunk
             torch.baddbmm(added[i], states[i], into_t, out=states[i + 1])
         return states
@@ -280,7 +294,7 @@ class S4Kernel(nn.Module):
         if r:
             A = self._weights_cached("real_step", self._real_step)[0]
             x = torch.bmm(x, torch.linalg.matrix_power(A, r).transpose(1, 2).float())
-            x = x + torch.bmm(uc[:, :, i, :r].float(), tables[0][:, C - r:])  # rows Ā^(r-1-j) B̄
+            x = x + torch.bmm(uc[:, :, i, :r], tables[0][:, C - r:])  # rows Ā^(r-1-j) B̄
         return torch.complex(x[..., : self.N2], x[..., self.N2:]).transpose(0, 1).to(torch.complex64)
 
     @torch.no_grad()
@@ -292,38 +306,38 @@ class S4Kernel(nn.Module):
         batch, L = u.shape[:2]
         C = max(32, 1 << round(math.log2(max(L, 1)) / 2))
         n = -(-L // C)
-        uc = F.pad(u.permute(2, 0, 1), (0, n * C - L)).reshape(self.H, batch, n, C)
+        uc = F.pad(u.float().permute(2, 0, 1), (0, n * C - L)).contiguous().view(self.H, batch, n, C)
         tables = self._chunk_tables(C)
         return self._state_at(self._scan_chunks(uc, tables), uc, L, tables)
 
     @torch.no_grad()
     def chunked_conv(self, u: torch.Tensor, chunk: int | None = None, state_at: int | None = None,
-                     state: torch.Tensor | None = None):
+                     state: torch.Tensor | None = None, skip: torch.Tensor | None = None):
         """K * u (the kernel's causal convolution) for a long u (B, H, L) real, without a length-L kernel, from
-        the step-mode `state` before u ((B, H, N/2) complex; None = zero). Returns (y (B, H, L), the state after
-        u[..., :state_at] (B, H, N/2) complex64, or None when state_at is None).
+        the step-mode `state` before u ((B, H, N/2) complex; None = zero), plus skip * u when skip (H,) is given.
+        Returns (y (B, H, L), the state after u[..., :state_at] (B, H, N/2) complex64, or None when state_at is None).
 
-        u is cut into chunks of C steps (chunk, default CONV_CHUNK, or fewer: ~sqrt(L)). Within a chunk: an FFT
-        convolution with K[:C]. From before it: the state x carried into the chunk, read out as c Ā^(t+1) x at
-        offset t. The states come from `_scan_chunks` and the read-outs from one batched matmul against a
-        (S, C) table per channel: the costs grow as L (log C + S), not L log L."""
+        u is cut into chunks of C steps (chunk, default CONV_CHUNK, or fewer: ~sqrt(L)). A chunk's output is two
+        batched matmuls per channel: its own inputs against the Toeplitz matrix of K[:C] (skip on its diagonal),
+        and the state x carried into it against the read-out table c Ā^(t+1) (offset t). The states come from
+        `_scan_chunks`. Costs grow as L (C + 2 S), all of it in matmuls (C ~ 128 beats an FFT per chunk)."""
         batch, H, L = u.shape
         if L == 0:  # nothing to convolve; the state is the one given
             zero = torch.zeros(batch, H, self.N2, dtype=torch.complex64, device=u.device)
             return u.clone(), (None if state_at is None else zero if state is None else state.to(torch.complex64))
-        C = min(chunk or CONV_CHUNK, max(32, 1 << math.ceil(math.log2(max(L, 1)) / 2)))
+        C = min(chunk or CONV_CHUNK, max(32, 1 << math.ceil(math.log2(L) / 2)))
         if int(self.l_kernel):
             C = min(C, int(self.l_kernel))  # never grow C̃ here
         n = -(-L // C)
-        k = self._weights_cached(f"kernel_{C}", lambda: self.forward(C))
-        uc = F.pad(u, (0, n * C - L)).reshape(batch, H, n, C)
-        y = torch.fft.irfft(torch.fft.rfft(uc, n=2 * C) * torch.fft.rfft(k, n=2 * C).unsqueeze(1), n=2 * C)[..., :C]
+        uc = F.pad(u.float().transpose(0, 1), (0, n * C - L)).contiguous().view(H, batch, n, C)  # matmul-ready
+        conv = self._toeplitz(C)  # first: K[:C] may set up C̃ (a weight), which the step's matrices are keyed by
         tables = self._chunk_tables(C)
-        uc = uc.transpose(0, 1)  # (H, B, n, C)
         states = self._scan_chunks(uc, tables, state)  # (n + 1, H, B, S)
-        entering = states[:n].permute(1, 2, 0, 3).reshape(H, batch * n, states.shape[-1])
-        y_state = torch.bmm(entering, tables[1]).view(H, batch, n, C)
-        y = (y + y_state.transpose(0, 1)).reshape(batch, H, n * C)[..., :L]
+        if skip is not None:
+            conv = conv + torch.diag_embed(skip.float().unsqueeze(-1).expand(H, C))
+        y = torch.bmm(uc.reshape(H, batch * n, C), conv)
+        y.baddbmm_(states[:n].permute(1, 2, 0, 3).reshape(H, batch * n, states.shape[-1]), tables[1])
+        y = y.view(H, batch, n * C)[..., :L].transpose(0, 1)
         return y, (None if state_at is None else self._state_at(states, uc, state_at, tables))
 
 
@@ -437,15 +451,14 @@ class S4Block(nn.Module):
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
         if state is not None or (L >= CHUNKED_CONV_MIN_LENGTH and not torch.is_grad_enabled()):
-            y, state = self.kernel.chunked_conv(u, state_at=n, state=state)  # a long prompt: no length-L kernel
+            y, state = self.kernel.chunked_conv(u, state_at=n, state=state, skip=self.D)  # no length-L kernel
         else:
-            y = fft_conv(u, self.kernel(L))  # k (H, L)
+            y = torch.addcmul(fft_conv(u, self.kernel(L)), u, self.D.unsqueeze(-1))  # k (H, L)
             if n is not None:
                 state = self.kernel.state_from_sequence(x[:, :n])
         if n is not None:  # the next `step` makes the step matrices of these weights (a long prompt is read in
             self._step_cache = None  # several passes: once, not per pass; not kept across calls: made in
             # inference mode, they could not serve a step under grad)
-        y = torch.addcmul(y, u, self.D.unsqueeze(-1))
         return self._post(y.transpose(1, 2)), state
 
     # ---- recurrent mode -----------------------------------------------------------------------------
