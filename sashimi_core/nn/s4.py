@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from sashimi_core.nn.hippo import nplr_legs
 from sashimi_core.ops.cauchy import cauchy
 
-CONV_CHUNK = 512  # inference on sequences of CHUNKED_CONV_MIN_LENGTH or more: chunks of this many steps
-# Chunked from 16 chunks up: at 8-20k steps it beat the length-L Cauchy kernel by 1.2-1.75x (H 64-256, 2 cores)
+CONV_CHUNK = 512  # most steps per chunk of `S4Kernel.chunked_conv` (it takes ~sqrt(L), at least 32)
+# Inference convolves in chunks from this length up, and always when the state is asked for (a prompt read):
+# the chunked read needs no length-L Cauchy kernel (1-s prompt, sashimi-4: 0.68 -> 0.32 s).
 CHUNKED_CONV_MIN_LENGTH = 1 << 13
 
 
@@ -446,11 +447,12 @@ class S4Block(nn.Module):
 
     def forward_with_state(self, x: torch.Tensor, n: int | None = None, state: torch.Tensor | None = None):
         """(forward(x), the recurrent state after x[:, :n] (what n calls to `step` leave; None when n is None)).
-        A long sequence at inference is convolved in chunks, and the state comes from the same pass.
+        At inference a long sequence, or any whose state is asked for, is convolved in chunks, and the state comes
+        from the same pass.
         state: the recurrent state before x (inference only; None = the zero state of `init_state`)."""
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
-        if state is not None or (L >= CHUNKED_CONV_MIN_LENGTH and not torch.is_grad_enabled()):
+        if state is not None or (not torch.is_grad_enabled() and (n is not None or L >= CHUNKED_CONV_MIN_LENGTH)):
             y, state = self.kernel.chunked_conv(u, state_at=n, state=state, skip=self.D)  # no length-L kernel
         else:
             y = torch.addcmul(fft_conv(u, self.kernel(L)), u, self.D.unsqueeze(-1))  # k (H, L)
