@@ -62,8 +62,11 @@ def test_conv_equals_step_every_preset(name):
     assert err < 1e-4
 
 
-@pytest.mark.parametrize("unet", [False, True])
-def test_token_step_equals_forward_and_prefill(unet):
+@pytest.mark.parametrize("unet,chunked_read", [(False, True), (True, True), (False, False)])
+def test_token_step_equals_forward_and_prefill(monkeypatch, unet, chunked_read):
+    """chunked_read False: the prompt's state from full-length kernels and `state_from_sequence`."""
+    if not chunked_read:
+        monkeypatch.setattr(s4, "CHUNKED_READ_MIN_LENGTH", 1 << 30)
     torch.manual_seed(1)
     model = SaShiMi(with_overrides(PRESETS["sashimi-tiny"], unet=unet)).eval()
     tokens = torch.randint(0, 256, (2, 80))
@@ -114,7 +117,9 @@ def test_long_prompt_read_in_chunks_continues_like_stepping(monkeypatch, segment
             lc, sc = model.step(tokens[:, t], sc)
             ls, ss = model.step(tokens[:, t], ss)
             e = max(e, (lc - ls).abs().max().item())
-        monkeypatch.setattr(s4, "CHUNKED_CONV_MIN_LENGTH", 1 << 30)
+        for name in ("CHUNKED_CONV_MIN_LENGTH", "CHUNKED_READ_MIN_LENGTH"):  # one pass, full-length kernels
+            monkeypatch.setattr(s4, name, 1 << 30)
+        monkeypatch.setattr(sashimi, "PREFILL_SEGMENT", 1 << 30)
         _, _, full_bits = model.prefill(tokens[:, :T], return_nll=True)
     print("chunked prompt: conv-state vs step-state logits", e)
     assert e < 1e-4

@@ -31,9 +31,10 @@ from sashimi_core.nn.hippo import nplr_legs
 from sashimi_core.ops.cauchy import cauchy
 
 CONV_CHUNK = 512  # most steps per chunk of `S4Kernel.chunked_conv` (it takes ~sqrt(L), at least 32)
-# Inference convolves in chunks from this length up, and always when the state is asked for (a prompt read):
-# the chunked read needs no length-L Cauchy kernel (1-s prompt, sashimi-4: 0.68 -> 0.32 s).
+# Inference convolves in chunks from this length up; a read that asks for the state (a prompt) from
+# CHUNKED_READ_MIN_LENGTH up: then no length-L Cauchy kernel is needed (1-s prompt, sashimi-4: 0.68 -> 0.32 s).
 CHUNKED_CONV_MIN_LENGTH = 1 << 13
+CHUNKED_READ_MIN_LENGTH = 1
 
 
 def _c(x: torch.Tensor) -> torch.Tensor:
@@ -452,7 +453,8 @@ class S4Block(nn.Module):
         state: the recurrent state before x (inference only; None = the zero state of `init_state`)."""
         L = x.shape[1]
         u = x.transpose(1, 2)  # (B, H, L)
-        if state is not None or (not torch.is_grad_enabled() and (n is not None or L >= CHUNKED_CONV_MIN_LENGTH)):
+        chunked_from = CHUNKED_CONV_MIN_LENGTH if n is None else CHUNKED_READ_MIN_LENGTH
+        if state is not None or (not torch.is_grad_enabled() and L >= chunked_from):
             y, state = self.kernel.chunked_conv(u, state_at=n, state=state, skip=self.D)  # no length-L kernel
         else:
             y = torch.addcmul(fft_conv(u, self.kernel(L)), u, self.D.unsqueeze(-1))  # k (H, L)
