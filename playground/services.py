@@ -154,6 +154,7 @@ _STARTED_LOCK = threading.Lock()
 _CLEANERS: set[str] = set()  # output folders with a cleaner thread
 _WARMED: set[str] = set()  # checkpoints warmed up
 WARMUP: dict = {"state": "off"}  # the start-up compile: off / compiling (since) / ready (seconds)
+WARMUP_MODELS = 3  # SaShiMi models warmed up at start-up (`start_warmup`)
 
 
 def warming_up() -> bool:
@@ -259,23 +260,24 @@ def start_cleaner(settings: Settings, interval_s: float = 300.0) -> None:
 def start_warmup(settings: Settings) -> threading.Thread | None:
     """Compile the generation engine in the background (once per process): the numba step engine and the
     Cauchy kernels compile on first use (~25 s in a fresh checkout, cached on disk after), so without this the
-    first Generate click of a new install would wait for it. Loads the first SaShiMi model into the cache and
-    reads a short prompt + samples a few steps with it. Off with SASHIMI_NO_WARMUP=1."""
+    first Generate click of a new install would wait for it. Loads the SaShiMi models (the first WARMUP_MODELS)
+    into the cache and reads a 2-s prompt + samples a few steps with each (a long read's first pass also makes
+    each layer's weight-only tables and first-touch memory). Off with SASHIMI_NO_WARMUP=1."""
     if os.environ.get("SASHIMI_NO_WARMUP"):
         return None
-    cards = [c for c in list_models(settings) if c["architecture"] == "sashimi"]
+    cards = [c for c in list_models(settings) if c["architecture"] == "sashimi"][:WARMUP_MODELS]
+    cards = [c for c in cards if _first_time(_WARMED, c["checkpoint"])]
     if not cards:
-        return None
-    path = cards[0]["checkpoint"]
-    if not _first_time(_WARMED, path):
         return None
 
     def warm():
         t0 = time.time()
         WARMUP.update(state="compiling", since=t0)
         try:
-            _sample_impl(path, 32, np.zeros(64, np.float32), 1, 1.0, 1.0, 0, None, None)
-            log.info("generation engine ready (%s, %.1f s)", cards[0]["id"], time.time() - t0)
+            for card in cards:
+                silence = np.zeros(2 * card["sample_rate"], np.float32)
+                _sample_impl(card["checkpoint"], 32, silence, 1, 1.0, 1.0, 0, None, None)
+            log.info("generation engine ready (%s, %.1f s)", ", ".join(c["id"] for c in cards), time.time() - t0)
         except Exception:  # noqa: BLE001 - a failed warm-up only means the first request compiles
             log.exception("warming up the generation engine failed")
         finally:

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sashimi_core.nn.registry import ARCHITECTURES
+from sashimi_core.nn.registry import ARCHITECTURES, NON_GENERATIVE
 from sashimi_core.ops.metrics import non_finite
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ def _list_entry(folder: Path) -> dict | None:
     config = read_config(folder)
     source, arch = str(folder / CONFIG_FILE), config["architecture"]
     known = ARCHITECTURES
-    if isinstance(arch, str) and arch in known and not hasattr(known[arch][1], "start"):
+    if isinstance(arch, str) and (arch in NON_GENERATIVE or arch in known and not hasattr(known[arch][1], "start")):
         return None
     validate_config(arch, config["config"], source)
     metadata, n_parameters = config.get("metadata") or {}, config.get("n_parameters")

@@ -161,3 +161,23 @@ def test_save_model_leaves_no_temp_files_and_clears_stale_ones(saved):
     save_model(model, path, steps=4)
     assert not list(path.glob(".*.tmp"))
     assert load_model(path).checkpoint["metadata"]["steps"] == 4
+
+
+def test_shipped_checkpoints_list_quietly_where_the_classifier_was_never_imported():
+    """The app lists checkpoints without importing the speech classifier: its shipped folder is skipped
+    without a warning (it used to log 'unknown architecture' on every listing), the generative ones listed."""
+    import subprocess
+    import sys
+
+    from sashimi_core.evaluate import classifier
+    from sashimi_core.nn.registry import NON_GENERATIVE
+
+    assert classifier.ARCHITECTURE in NON_GENERATIVE
+    code = ("import logging, sys; logging.basicConfig(level=logging.WARNING); "
+            "from sashimi_core.checkpoint import list_checkpoints; "
+            "assert 'sashimi_core.evaluate.classifier' not in sys.modules; "
+            "print(sorted(c['name'] for c in list_checkpoints() if c['shipped']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "skipping" not in out.stderr and "sc09-classifier" not in out.stdout
+    assert "piano-synth" in out.stdout and "sc09-synth" in out.stdout

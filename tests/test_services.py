@@ -489,15 +489,17 @@ def test_real_training_start_stop_resume(settings, tmp_path):
 def test_warmup_loads_and_compiles_once_in_the_background(settings, monkeypatch):
     monkeypatch.delenv("SASHIMI_NO_WARMUP", raising=False)
     monkeypatch.setattr(services, "_WARMED", set())
-    card = [c for c in services.list_models(settings) if c["architecture"] == "sashimi"][0]
-    services.MODELS.forget(card["checkpoint"])
+    cards = [c for c in services.list_models(settings) if c["architecture"] == "sashimi"][:services.WARMUP_MODELS]
+    for card in cards:
+        services.MODELS.forget(card["checkpoint"])
     thread = services.start_warmup(settings)
     assert thread is not None and thread.daemon
     thread.join(300)
-    assert not thread.is_alive()
-    weights = Path(card["checkpoint"]) / "model.safetensors"
-    assert any(k[0] == str(Path(card["checkpoint"]).resolve()) and k[2] == weights.stat().st_mtime_ns
-               for k in services.MODELS._models)  # the first model is loaded and cached
+    assert not thread.is_alive() and services.WARMUP["state"] == "ready"
+    for card in cards:  # each SaShiMi model (up to WARMUP_MODELS) is loaded and cached
+        weights = Path(card["checkpoint"]) / "model.safetensors"
+        assert any(k[0] == str(Path(card["checkpoint"]).resolve()) and k[2] == weights.stat().st_mtime_ns
+                   for k in services.MODELS._models), card["id"]
     assert services.start_warmup(settings) is None  # once per process
     monkeypatch.setattr(services, "_WARMED", set())
     monkeypatch.setenv("SASHIMI_NO_WARMUP", "1")

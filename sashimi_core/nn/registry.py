@@ -21,6 +21,9 @@ ARCHITECTURES: dict[str, tuple[type, type]] = {  # name -> (config class, model 
 BASELINE_PRESETS: dict = {**WAVENET_PRESETS, **SAMPLERNN_PRESETS}  # name -> WaveNetConfig | SampleRNNConfig
 ALL_PRESETS: dict = {**BASELINE_PRESETS, **PRESETS}  # every preset name -> its config
 MODEL_CLASSES: dict = {name: classes[1] for name, classes in ARCHITECTURES.items()}  # built-ins only
+# The project's checkpoints that are not generative models (`evaluate.classifier.ARCHITECTURE`): listing
+# checkpoints skips them quietly, also in a process that never imported (registered) them, as the app.
+NON_GENERATIVE = {"sc09-classifier"}
 
 
 def register_architecture(name: str, config_cls: type, model_cls: type) -> None:
