@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sashimi_core.nn.hippo import nplr_legs
+from sashimi_core.ops.chunk_scan import chunk_scan
 from sashimi_core.ops.cauchy import cauchy
 
 CONV_CHUNK = 512  # most steps per chunk of `S4Kernel.chunked_conv` (it takes ~sqrt(L), at least 32)
@@ -282,10 +283,7 @@ class S4Kernel(nn.Module):
         states = torch.zeros(n + 1, H, batch, fed.shape[-1], device=uc.device)
         if state is not None:
             states[0] = torch.cat([state.real, state.imag], -1).transpose(0, 1)
-        into_t = into.transpose(1, 2).contiguous()  # float32 like the step itself: n steps, not nC
-        for i in range(n):  # x_(i+1) = Ā^C x_i + added_i: one small batched matmul per chunk
-            torch.baddbmm(added[i], states[i], into_t, out=states[i + 1])
-        return states
+        return chunk_scan(added, into, states)  # x_(i+1) = Ā^C x_i + added_i, float32 like the step itself
 
     def _state_at(self, states: torch.Tensor, uc: torch.Tensor, m: int, tables) -> torch.Tensor:
         """The step-mode state after the first m steps of uc (H, B, n, C), from its chunks' entering states:
