@@ -328,9 +328,10 @@ def _gpu(fn):
 
 
 def _sample_impl(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: int, temperature: float,
-                 top_p: float, seed: int | None, progress, stop, on_audio=None):
+                 top_p: float, seed: int | None, progress, stop, on_audio=None, prompt_progress=None):
     """Load (cached) and sample: returns (audio (k, T+n) float32 numpy, stats, prompt NLL bits or None).
-    on_audio(audio (k, m) float32) receives each block of generated audio as it is made."""
+    on_audio(audio (k, m) float32) receives each block of generated audio as it is made; prompt_progress(done,
+    total) follows the prompt's read."""
     import torch
 
     from sashimi_core import decode, encode, generate
@@ -342,7 +343,7 @@ def _sample_impl(path: str, n_steps: int, prompt: np.ndarray | None, n_samples: 
     on_tokens = None if on_audio is None else (lambda block: on_audio(decode(block, q).numpy()))
     out, stats = generate(model, n_steps, prompt=tokens, n_samples=n_samples, temperature=temperature,
                           top_p=top_p, seed=seed, progress=progress, stop=stop, return_stats=True,
-                          on_tokens=on_tokens)
+                          on_tokens=on_tokens, prompt_progress=prompt_progress)
     prompt_nll = stats.prompt_nll_bits[0] if stats.prompt_nll_bits else None  # from the prompt's one read
     return decode(out.cpu(), q).numpy(), stats, prompt_nll
 
@@ -421,6 +422,10 @@ def generate_clips(settings: Settings, model_id: str, prompt=None, *, trim_start
             eta = f", about {(total - done) / rate:.0f} s left" if rate else ""
             progress(done / total, f"{n_samples} × {done:,}/{total:,} samples{eta}")
 
+    def on_prompt(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done / max(total, 1), f"reading the prompt: {done / sr:.1f} of {total / sr:.1f} s")
+
     def should_stop() -> bool:
         if settings.max_wall_s is not None and time.monotonic() - t0 > settings.max_wall_s:
             reason["wall"] = True
@@ -434,7 +439,7 @@ def generate_clips(settings: Settings, model_id: str, prompt=None, *, trim_start
         prompt_samples = None if prompt_audio is None else prompt_audio.audio
         audio, stats, prompt_nll = _sample(card["checkpoint"], n_steps, prompt_samples, int(n_samples),
                                            float(temperature), float(top_p), seed, on_progress, should_stop,
-                                           on_audio)
+                                           on_audio, on_prompt)
     finally:
         SESSIONS.end(session)
     elapsed = time.monotonic() - t0

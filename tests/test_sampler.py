@@ -62,9 +62,9 @@ class CountingSaShiMi(SaShiMi):
     """The real model, counting its prompt reads."""
     reads = 0
 
-    def prefill(self, prompt, return_nll=False):
+    def prefill(self, prompt, return_nll=False, progress=None):
         type(self).reads += 1
-        return super().prefill(prompt, return_nll)
+        return super().prefill(prompt, return_nll, progress)
 
 
 @pytest.mark.parametrize("engine", ["fast", "torch"])
@@ -126,3 +126,23 @@ def test_non_finite_weights_are_refused_clearly(engine):
         broken.head.bias[3] = float("nan")  # e.g. a diverged model built in a notebook
     with pytest.raises(ValueError, match=r"NaN/inf values \(head.bias\)"):
         generate(broken, 10, engine=engine)
+
+
+def test_prompt_progress_reports_each_pass_of_a_long_read(monkeypatch):
+    """A prompt read in passes reports the tokens read after each (rising, ending at T); a remembered read
+    reports nothing; a row-wise (non-shared) prompt reports too."""
+    from sashimi_core.nn import sashimi
+
+    monkeypatch.setattr(sashimi, "PREFILL_SEGMENT", 64)
+    torch.manual_seed(0)
+    model = SaShiMi(PRESETS["sashimi-tiny"]).eval()
+    prompt = torch.randint(0, 256, (300,))
+    calls = []
+    generate(model, 5, prompt=prompt, seed=1, prompt_progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(64, 300), (128, 300), (192, 300), (256, 300), (300, 300)]  # tokens predicted so far
+    calls.clear()
+    generate(model, 5, prompt=prompt, seed=2, prompt_progress=lambda d, t: calls.append((d, t)))
+    assert calls == []  # remembered
+    generate(model, 5, prompt=torch.randint(0, 256, (2, 100)), n_samples=2, seed=3,
+             prompt_progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(64, 100), (100, 100)]

@@ -186,11 +186,12 @@ def test_too_short_and_too_long(tmp_path):
 # -------------------------------------------------------------------------------------------- generation
 def test_generate_writes_pcm16_wavs_and_params(settings, tmp_path):
     prompt = write_audio(tmp_path / "p.wav", seconds=0.25, sr=44100, channels=2, amplitude=0.1)
-    fractions = []
+    fractions, messages = [], []
     r = services.generate_clips(settings, "tiny", str(prompt), temperature=0.9, top_p=0.95, seconds=SECONDS,
-                                n_samples=2, seed=123, progress=lambda f, m: fractions.append(f))
+                                n_samples=2, seed=123, progress=lambda f, m: fractions.append(f) or messages.append(m))
     assert r["seed"] == 123 and len(r["samples"]) == 2 and len(r["files"]) == 4
     assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert "reading the prompt: 0.2 of 0.2 s" in messages  # the read reports itself (one pass here)
     assert abs(r["prompt_seconds"] - 0.25) < 1e-3 and r["prompt_nll_bits"] > 0
     assert any("Resampled" in w for w in r["warnings"])
     for s in r["samples"]:

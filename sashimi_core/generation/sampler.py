@@ -46,7 +46,8 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
              progress: Callable[[int, int], None] | None = None, stop: Callable[[], bool] | None = None,
              prompt_mode: str = "conv", rank: bool = False, return_stats: bool = False,
              engine: str = "auto", threads: int | None = None,
-             on_tokens: Callable[[torch.Tensor], None] | None = None):
+             on_tokens: Callable[[torch.Tensor], None] | None = None,
+             prompt_progress: Callable[[int, int], None] | None = None):
     """Sample n_steps tokens after an optional prompt.
 
     prompt: tokens (T,) shared by all samples, or (n_samples, T). prompt_mode "conv" reads it in one parallel
@@ -54,7 +55,9 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
     seed: same seed -> same tokens (a random one is drawn and reported when None). progress(done, total) and
     stop() are called every PROGRESS_EVERY steps; on stop the tokens so far are returned. on_tokens(tokens
     (n_samples, k) int64, CPU) receives each block of new tokens as it is made (for streaming).
-    rank=True orders samples by their model likelihood (lowest NLL first), a guard against runaway noise.
+    prompt_progress(done, T) is called as a conv-mode prompt is read (per pass of a long one; not when the
+    read is remembered). rank=True orders samples by their model likelihood (lowest NLL first), a guard
+    against runaway noise.
     engine: "fast" (numba-compiled CPU step, `fast_step.py`), "graph" (static buffers, one CUDA graph per step
     phase on GPU, `graph_step.py`), "torch" (the module step loop) or "auto" (fast for a supported model on
     CPU, graph for SaShiMi on CUDA, else torch). The engines agree on logits to float32 rounding but draw
@@ -97,11 +100,11 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
                 raise ValueError(f"prompt tokens must lie in [0, {model.cfg.n_tokens - 1}]")
             if prompt_mode == "conv":
                 if shared and hasattr(model, "repeat_state"):  # read a shared prompt once, copy the state
-                    logits, state, nll = read_prompt(model, prompt[:1])
+                    logits, state, nll = read_prompt(model, prompt[:1], prompt_progress)
                     logits, state = logits.expand(n_samples, -1), model.repeat_state(state, n_samples)
                     nll = nll.expand(n_samples)
                 else:
-                    logits, state, nll = model.prefill(prompt, return_nll=True)
+                    logits, state, nll = model.prefill(prompt, return_nll=True, progress=prompt_progress)
                 stats.prompt_nll_bits = nll.tolist()
             else:
                 logits, state = model.start(n_samples)
@@ -138,18 +141,18 @@ def generate(model, n_steps: int, *, prompt: torch.Tensor | None = None, n_sampl
     return (tokens, stats) if return_stats else tokens
 
 
-def read_prompt(model, prompt: torch.Tensor):
+def read_prompt(model, prompt: torch.Tensor, progress: Callable[[int, int], None] | None = None):
     """``model.prefill(prompt, return_nll=True)`` for one prompt (1, T), remembered: the last PROMPT_READS reads
     per model, keyed by the tokens and the weights (`weights_stamp`), so generating again from the same prompt
     (another seed, temperature or length) skips the read. Returns (logits (1, V), state, NLL (1,)); every call
-    gets its own copy, since the step engines may update a state in place."""
+    gets its own copy, since the step engines may update a state in place. progress: see `SaShiMi.prefill`."""
     reads = model.__dict__.setdefault("_prompt_reads", OrderedDict())
     key = (prompt.shape[1], hashlib.blake2b(prompt.cpu().numpy().tobytes(), digest_size=16).hexdigest())
     hit = reads.get(key)
     if hit is not None and hit[0] is not None and hit[0] == weights_stamp(model):
         reads.move_to_end(key)
         return _copy(hit[1])
-    out = model.prefill(prompt, return_nll=True)
+    out = model.prefill(prompt, return_nll=True, progress=progress)
     reads[key] = (weights_stamp(model), _copy(out))  # stamped after the read: it may grow an S4 layer's C̃
     while len(reads) > PROMPT_READS:
         reads.popitem(last=False)

@@ -199,11 +199,13 @@ class SampleRNN(nn.Module):
         logits, state = self._run(tokens, state)
         return (logits[:, :-1], state) if return_state else logits[:, :-1]
 
-    def prefill(self, prompt: torch.Tensor, return_nll: bool = False):
+    def prefill(self, prompt: torch.Tensor, return_nll: bool = False, progress=None):
         """Read a prompt (B, T) in sequence mode: (logits for token T (B, V), state), the same as `start` followed
         by T calls to `step`, with every tier's GRU run over its frames in one call. return_nll=True also
-        returns the prompt's mean NLL in bits per row (B,)."""
+        returns the prompt's mean NLL in bits per row (B,). progress(T, T) is called once it is read."""
         logits, state = self._run(prompt, self._initial_state(prompt.shape[0]))
+        if progress is not None:
+            progress(prompt.shape[1], prompt.shape[1])
         if return_nll:
             return logits[:, -1], state, nll_bits(logits[:, :-1], prompt, "none").mean(-1)
         return logits[:, -1], state

@@ -458,13 +458,14 @@ class SaShiMi(nn.Module):
         start = torch.full((batch_size,), ZERO_TOKEN, dtype=torch.long, device=self.head.weight.device)
         return self._step(start, state)
 
-    def prefill(self, prompt: torch.Tensor, return_nll: bool = False):
+    def prefill(self, prompt: torch.Tensor, return_nll: bool = False, progress=None):
         """Read a prompt (B, T) in convolution mode: (logits for token T (B, V), state), the same as
         `start` followed by T calls to `step`. return_nll=True also returns the prompt's own NLL, mean
         -log2 p(prompt token) per row (B,), from the same pass.
 
         At inference a long prompt is read in passes of PREFILL_SEGMENT steps, each continuing from the state
-        the last one left: activations stay a few MB (reused, cache-warm) instead of hundreds."""
+        the last one left: activations stay a few MB (reused, cache-warm) instead of hundreds. progress(done, T)
+        is called after each pass with the prompt tokens read so far."""
         tokens = torch.cat([torch.full_like(prompt[:, :1], ZERO_TOKEN), prompt], 1)  # y[:, t] predicts prompt[:, t]
         hop = self.cfg.hop
         segment = -(-PREFILL_SEGMENT // hop) * hop if not torch.is_grad_enabled() else tokens.shape[1]
@@ -475,6 +476,8 @@ class SaShiMi(nn.Module):
                 targets = prompt[:, s: s + segment]
                 if return_nll and targets.shape[1]:
                     bits = bits + nll_bits(self.head(y[:, : targets.shape[1]]), targets, "none").sum(-1)
+                if progress is not None:
+                    progress(s + targets.shape[1], prompt.shape[1])
         logits = self.head(y[:, -1])
         if not return_nll:
             return logits, state

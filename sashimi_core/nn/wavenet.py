@@ -175,10 +175,10 @@ class WaveNet(nn.Module):
         y = self.end_conv_2(F.relu(self.end_conv_1(F.relu(skip))))  # (B, O, L)
         return self.head(y.transpose(1, 2)), layer_inputs
 
-    def prefill(self, prompt: torch.Tensor, return_nll: bool = False):
+    def prefill(self, prompt: torch.Tensor, return_nll: bool = False, progress=None):
         """Read a prompt (B, T) in convolution mode: (logits for token T (B, V), state), the same as `start`
         followed by T calls to `step`, in one parallel pass that also fills every layer's queue.
-        return_nll=True also returns the prompt's mean NLL in bits per row (B,)."""
+        return_nll=True also returns the prompt's mean NLL in bits per row (B,). progress(T, T) when read."""
         start = torch.full_like(prompt[:, :1], ZERO_TOKEN)
         logits, xs = self._convolve(torch.cat([start, prompt], 1), keep_inputs=True)
         n_in = prompt.shape[1] + 1  # inputs consumed: start token + prompt
@@ -189,6 +189,8 @@ class WaveNet(nn.Module):
             last = F.pad(x[:, :, max(0, n_in - size):], (max(0, size - n_in), 0))  # (B, R, size): times n_in-size..
             times = torch.arange(n_in - size, n_in, device=buf.device) % slots.numel()
             buf[:, slots[times]] = last.transpose(1, 2)  # slot of time tau is slots[tau % period]
+        if progress is not None:
+            progress(prompt.shape[1], prompt.shape[1])
         if return_nll:
             return logits[:, -1], (n_in, buf), nll_bits(logits[:, :-1], prompt, "none").mean(-1)
         return logits[:, -1], (n_in, buf)
