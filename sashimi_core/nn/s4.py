@@ -337,7 +337,7 @@ class S4Kernel(nn.Module):
             conv = conv + torch.diag_embed(skip.float().unsqueeze(-1).expand(H, C))
         y = torch.bmm(uc.reshape(H, batch * n, C), conv)
         y.baddbmm_(states[:n].permute(1, 2, 0, 3).reshape(H, batch * n, states.shape[-1]), tables[1])
-        y = y.view(H, batch, n * C)[..., :L].transpose(0, 1)
+        y = y.view(H, batch, n * C)[..., :L].transpose(0, 1).to(u.dtype)
         return y, (None if state_at is None else self._state_at(states, uc, state_at, tables))
 
 
