@@ -471,9 +471,9 @@ class S4Block(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (B, H), state (B, H, N/2) complex -> y_t (B, H), new state. Exact bilinear recurrence."""
-        if self._step_cache is None:
-            self._step_cache = self.kernel.step_params()
-        p = self._step_cache
+        p = self._step_cache  # one read: a prompt read in another thread may reset it meanwhile
+        if p is None:
+            p = self._step_cache = self.kernel.step_params()
         u = x_t.to(torch.complex64).unsqueeze(-1)  # (B, H, 1)
         t = p["E"] * state + p["B2"] * u
         if "P" in p:
