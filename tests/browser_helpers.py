@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +14,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--autoplay-policy=no-user-gesture-required"]
+LOST_CLICK_S = 3  # a click that sent no request in this long is taken as lost and repeated (`click_until`)
 BROWSER_TEST = [pytest.mark.e2e,
                 pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs chromium (apt-get install chromium)")]
 
@@ -41,19 +43,33 @@ def shot(page, tmp: Path, name: str, full_page: bool = True) -> Path:
 
 def click_until(button, expected, tries: int = 3, each_ms: int = 30_000, before=None) -> None:
     """Click `button` until the locator `expected` shows (for clicks that are safe to repeat, e.g. a refused
-    Join), calling before() ahead of each try when given (e.g. reload the page and fill the form). In full CI
-    runs on a loaded 2-core machine such a click, right after a page load or during a running generation, went
-    unanswered for 60-90 s (3 runs of 5; never when the test ran alone or beside a CPU hog): a click that never
-    gets its answer still fails the test."""
+    Join), calling before() ahead of each try when given (e.g. reload the page and fill the form).
+
+    In full CI runs on a loaded 2-core machine such a click, right after a page load or during a running
+    generation, sometimes went unanswered for 60-90 s, and the app logged no refusal (no request). So within a try a
+    click that sent no request to the server within LOST_CLICK_S is repeated (the page was not listening yet);
+    once a request went out, the try waits for the answer. A click that never gets its answer still fails, and
+    the failure says how many clicks were made and which requests went out."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+    page = button.page
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url.split("/gradio_api/")[-1]) if r.method == "POST" else None)
+    report = []
     for attempt in range(tries):
         if before is not None:
             before()
-        button.click()
-        try:
-            expected.wait_for(timeout=each_ms)
-            return
-        except PlaywrightTimeout:
-            if attempt == tries - 1:
-                raise
+        posts.clear()
+        deadline, clicks = time.monotonic() + each_ms / 1000, 0
+        while time.monotonic() < deadline:
+            if not posts:  # nothing went out yet: (re)click
+                button.click()
+                clicks += 1
+            wait_ms = LOST_CLICK_S * 1000 if not posts else max(1, (deadline - time.monotonic()) * 1000)
+            try:
+                expected.wait_for(timeout=min(wait_ms, max(1, (deadline - time.monotonic()) * 1000)))
+                return
+            except PlaywrightTimeout:
+                pass
+        report.append(f"try {attempt + 1}: {clicks} clicks, requests sent: {posts[:6] or 'none'}")
+    raise AssertionError(f"no answer to {button} after {tries} tries of {each_ms / 1000:.0f} s: " + "; ".join(report))
