@@ -65,8 +65,8 @@ def speech_table(sm: dict) -> list[str]:
     acc = sm["real"]["recogniser"].get("accuracy")
     if acc is not None:
         lines.append(f"| pocketsphinx: share decoded as the right digit | | | {_num(acc)} |")
-    lines.append(f"\nClassifier: {Path(sm['classifier']).name}. Generated clips have no intended digit, so only the real "
-                 "set has a recogniser accuracy.")
+    lines.append(f"\nClassifier: {Path(sm['classifier']).name}. Generated clips have no intended digit, so only "
+                 "the real set has a recogniser accuracy.")
     return lines
 
 

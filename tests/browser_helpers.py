@@ -65,9 +65,9 @@ def click_until(button, expected, tries: int = 3, each_ms: int = 30_000, before=
             if not posts:  # nothing went out yet: (re)click
                 button.click()
                 clicks += 1
-            wait_ms = LOST_CLICK_S * 1000 if not posts else max(1, (deadline - time.monotonic()) * 1000)
+            left_ms = max(1.0, (deadline - time.monotonic()) * 1000)
             try:
-                expected.wait_for(timeout=min(wait_ms, max(1, (deadline - time.monotonic()) * 1000)))
+                expected.wait_for(timeout=left_ms if posts else min(LOST_CLICK_S * 1000, left_ms))
                 return
             except PlaywrightTimeout:
                 pass

@@ -41,7 +41,7 @@ def test_grown_model_computes_what_the_trained_one_did(changes, deeper):
             assert torch.allclose(yb, ya, atol=1e-5)
     # every stage holds `deeper` pairs; a new S4 block is an identity with a kernel of its own to train
     per_pair = 2 if cfg.ff else 1
-    for old, new in zip(stages(source.backbone)[0], stages(grown.backbone)[0]):
+    for old, new in zip(stages(source.backbone)[0], stages(grown.backbone)[0], strict=True):
         assert len(old) == per_pair and len(new) == deeper * per_pair
         s4 = new[per_pair].layer
         assert s4.output_linear[0].weight.abs().sum() == 0 and s4.kernel.C.abs().sum() > 0

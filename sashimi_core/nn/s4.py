@@ -28,8 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sashimi_core.nn.hippo import nplr_legs
-from sashimi_core.ops.chunk_scan import chunk_scan
 from sashimi_core.ops.cauchy import cauchy
+from sashimi_core.ops.chunk_scan import chunk_scan
 
 CONV_CHUNK = 512  # most steps per chunk of `S4Kernel.chunked_conv` (it takes ~sqrt(L), at least 32)
 # Inference convolves in chunks from this length up; a read that asks for the state (a prompt) from
@@ -304,7 +304,7 @@ class S4Kernel(nn.Module):
         u is cut into chunks of C ~ sqrt(L) steps; each chunk's contribution is one batched matmul against a
         table of Ā^j B̄, and the chunks are chained by Ā^C (`_scan_chunks`)."""
         batch, L = u.shape[:2]
-        C = max(32, 1 << round(math.log2(max(L, 1)) / 2))
+        C = _chunk_steps(L)
         n = -(-L // C)
         uc = F.pad(u.float().permute(2, 0, 1), (0, n * C - L)).contiguous().view(self.H, batch, n, C)
         tables = self._chunk_tables(C)
@@ -325,7 +325,7 @@ class S4Kernel(nn.Module):
         if L == 0:  # nothing to convolve; the state is the one given
             zero = torch.zeros(batch, H, self.N2, dtype=torch.complex64, device=u.device)
             return u.clone(), (None if state_at is None else zero if state is None else state.to(torch.complex64))
-        C = min(chunk or CONV_CHUNK, max(32, 1 << math.ceil(math.log2(L) / 2)))
+        C = _chunk_steps(L, chunk or CONV_CHUNK)
         if int(self.l_kernel):
             C = min(C, int(self.l_kernel))  # never grow C̃ here
         n = -(-L // C)
@@ -339,6 +339,13 @@ class S4Kernel(nn.Module):
         y.baddbmm_(states[:n].permute(1, 2, 0, 3).reshape(H, batch * n, states.shape[-1]), tables[1])
         y = y.view(H, batch, n * C)[..., :L].transpose(0, 1).to(u.dtype)
         return y, (None if state_at is None else self._state_at(states, uc, state_at, tables))
+
+
+def _chunk_steps(L: int, most: int | None = None) -> int:
+    """Steps per chunk for a read of L steps: a power of two from sqrt(L) to 2 sqrt(L) (the chunk tables cost
+    ~C per step, the scan ~1/C), at least 32, at most `most`."""
+    C = max(32, 1 << math.ceil(math.log2(max(L, 1)) / 2))
+    return C if most is None else min(C, most)
 
 
 @contextmanager

@@ -149,8 +149,9 @@ class DownPool(nn.Module):
         w = self.linear.weight
         return w.new_zeros(batch_size, self.pool, w.shape[1] // self.pool)  # (B, P, H) input buffer
 
-    def state_after(self, x, n: int):
-        """Step-mode state after consuming x[:, :n] (x (B, L, H)): the inputs of the unfinished block."""
+    def state_after(self, x, n: int, before=None):
+        """Step-mode state after consuming x[:, :n] (x (B, L, H)): the inputs of the unfinished block. (`before`
+        is not needed: a pass starts on a block boundary, where the buffer holds nothing pending.)"""
         state = self.init_state(x.shape[0])
         start = n - n % self.pool
         state[:, : n - start] = x[:, start:n]
@@ -182,10 +183,8 @@ class UpPool(nn.Module):
         block's outputs (None: zeros, as at the start)."""
         B, L, _ = x.shape
         y = self._unfold(self.linear(x))  # (B, L, P, H_out)
-        if pending is None:
-            y = F.pad(y[:, :-1], (0, 0, 0, 0, 1, 0))  # shift by one coarse step: output block j uses input j-1
-        else:
-            y = torch.cat([pending.unsqueeze(1).to(y.dtype), y], 1)[:, :L]
+        first = y.new_zeros(B, 1, *y.shape[2:]) if pending is None else pending.unsqueeze(1).to(y.dtype)
+        y = torch.cat([first, y], 1)[:, :L]  # shift by one coarse step: output block j uses input j-1
         return y.reshape(B, L * self.pool, self.d_output)
 
     def init_state(self, batch_size):
@@ -222,7 +221,7 @@ class FFBlock(nn.Module):
     def init_state(self, batch_size):
         return None
 
-    def state_after(self, x, n):
+    def state_after(self, x, n, before=None):
         return None
 
     def step(self, x_t, state):
@@ -342,8 +341,7 @@ class Backbone(nn.Module):
                 states.append(after)
                 return x
             if return_state:
-                states.append(layer.state_after(x, L // rate, before) if isinstance(layer, UpPool) else
-                              layer.state_after(x, L // rate))  # a DownPool's buffer is empty between blocks
+                states.append(layer.state_after(x, L // rate, before))
             if isinstance(layer, UpPool):
                 return layer(x, before)
             if before is not None and isinstance(layer, ResidualBlock):
