@@ -14,6 +14,8 @@ nothing here imports torch or computes statistics.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 RATE_PATH = "rate"
 STORAGE_KEY = "sashimi-listening-raters"
 RATER_OUTPUTS = 7 + MAX_SCALES + 7  # the rater page's outputs: see build_rater_page
+JOINED_SESSIONS = 10_000  # page sessions remembered as having pressed Join (`RaterHandlers.on_load`)
 RATER_HINT = 7 + MAX_SCALES + 1  # ... and the hint line among them
 SCALE_HEADERS = ["id", "label", "question", "anchors 1..5 (comma-separated)"]
 ANCHOR_CHOICES = [("No anchor", "none"), ("White noise", "noise"), ("First model at temperature 2.0", "temperature")]
@@ -311,6 +314,22 @@ class RaterHandlers:
 
     def __init__(self, settings: ListenSettings):
         self.settings = settings
+        self._joined: OrderedDict[str, None] = OrderedDict()  # page sessions that pressed Join (newest last)
+        self._lock = threading.Lock()
+
+    def _note_join(self, request) -> None:
+        key = getattr(request, "session_hash", None)
+        if key:
+            with self._lock:
+                self._joined[key] = None
+                self._joined.move_to_end(key)
+                while len(self._joined) > JOINED_SESSIONS:
+                    self._joined.popitem(last=False)
+
+    def _joined_in(self, request) -> bool:
+        key = getattr(request, "session_hash", None)
+        with self._lock:
+            return bool(key) and key in self._joined
 
     def _render(self, screen: session.Screen, store: dict | None) -> tuple:
         store = dict(store or {})
@@ -339,17 +358,28 @@ class RaterHandlers:
                 screen.code)
 
     def on_load(self, store, request: gr.Request):
-        """Resume the rater remembered by this browser (or named in ?rater=) for ?code=; else prefill the code."""
+        """Resume the rater remembered by this browser (or named in ?rater=) for ?code=; else prefill the code.
+
+        Without ?code= nothing changes. Its answer never undoes a Join pressed on this page: a student who
+        types fast clicks Join before the load's answer arrives on a busy server, and the load's join screen
+        used to land after the Join's answer, wiping its message (or its first clip)."""
         params = dict(request.query_params) if request is not None else {}
         code = catalog.normalize_code(params.get("code", ""))
+        if not code:
+            return self._unchanged()
         rater_id = params.get("rater") or (store or {}).get(code)
-        if code and rater_id:
+        screen = self._join_screen(code, store)
+        if rater_id:
             try:
-                return self._render(session.join(self.settings.root, code, rater_id,
-                                                 client_host=_host(request) or "unknown"), store)
+                screen = self._render(session.join(self.settings.root, code, rater_id,
+                                                   client_host=_host(request) or "unknown"), store)
             except ListeningError:
                 pass
-        return self._join_screen(code, store)
+        return self._unchanged() if self._joined_in(request) else screen
+
+    @staticmethod
+    def _unchanged() -> tuple:
+        return tuple(gr.skip() for _ in range(RATER_OUTPUTS))
 
     def _join_screen(self, code, store, message: str = "") -> tuple:
         return (gr.Column(visible=True), gr.Column(visible=False), "", "# Listening test", "", "", None,
@@ -359,6 +389,7 @@ class RaterHandlers:
     def join(self, code, store, request: gr.Request):
         """Join with a code (resuming this browser's rater for that code when there is one). A refused join
         (unknown code, closed test, limits) shows its message under the code box and leaves the box usable."""
+        self._note_join(request)
         code = catalog.normalize_code(code)
         agent = request.headers.get("user-agent", "") if request is not None else ""
         try:

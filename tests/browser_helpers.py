@@ -46,10 +46,11 @@ def click_until(button, expected, tries: int = 3, each_ms: int = 30_000, before=
     Join), calling before() ahead of each try when given (e.g. reload the page and fill the form).
 
     In full CI runs on a loaded 2-core machine such a click, right after a page load or during a running
-    generation, sometimes went unanswered for 60-90 s, and the app logged no refusal (no request). So within a try a
-    click that sent no request to the server within LOST_CLICK_S is repeated (the page was not listening yet);
-    once a request went out, the try waits for the answer. A click that never gets its answer still fails, and
-    the failure says how many clicks were made and which requests went out."""
+    generation, sometimes showed no answer for 60-90 s. Within a try a click that sent no request within
+    LOST_CLICK_S is repeated (a page not yet listening); once a request went out, the try waits for the answer.
+    A click that never gets its answer still fails, saying how many clicks were made and which requests went
+    out: that report showed the rater's Join did reach the server, and the page's load answer, arriving after
+    it, wiped its message (fixed in `RaterHandlers.on_load`)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page = button.page

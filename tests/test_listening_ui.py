@@ -199,3 +199,33 @@ def _fresh_test(tmp_path, root):
                     clip_seconds=0.05, scales=[Scale("overall", "Overall", "How good is it?")],
                     min_listen_fraction=0.0, joins_per_host=30)  # all 30 clients come from 127.0.0.1
     return build_test(spec, root, model_roots=[(ck, True)])
+
+
+def test_the_page_load_answer_never_undoes_a_join(tmp_path):
+    """The rater page's load and Join are answered in parallel: on a busy server a fast student's Join can be
+    answered first, and the load's join screen then wiped its message or first clip (a full CI run saw it: the
+    wrong-code message never stayed on the page). Without ?code= the load changes nothing; after a Join on the
+    same page session it changes nothing either; a fresh page with ?code= is still prefilled."""
+    import gradio as gr
+    from starlette.requests import Request
+
+    from playground.listening.config import ListenSettings
+    from playground.ui_listen import RATER_HINT, RATER_OUTPUTS, RaterHandlers
+
+    root, _, manifest, _ = build_tiny(tmp_path)
+    code = manifest["code"]
+
+    def request(session: str, query: str = "") -> gr.Request:
+        scope = {"type": "http", "method": "GET", "path": "/rate", "query_string": query.encode(),
+                 "headers": [(b"user-agent", b"pytest")], "client": ("10.0.0.7", 5000)}
+        return gr.Request(request=Request(scope), session_hash=session)
+
+    h = RaterHandlers(ListenSettings(root=root))
+    unchanged = h.on_load({}, request("a"))
+    assert len(unchanged) == RATER_OUTPUTS and all(isinstance(x, type(gr.skip())) for x in unchanged)
+    refused = h.join("ZZZZZZ", {}, request("b"))
+    assert "No open test" in refused[RATER_HINT]
+    late_load = h.on_load({}, request("b", f"code={code}"))  # the load's answer, computed after the Join
+    assert all(isinstance(x, type(gr.skip())) for x in late_load)
+    fresh = h.on_load({}, request("c", f"code={code}"))
+    assert fresh[-1] == code and fresh[RATER_HINT] == ""  # prefilled, as before
