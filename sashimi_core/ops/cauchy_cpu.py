@@ -97,7 +97,7 @@ def _backward4(vr, vi, wr, wi, zr, zi, gr, gi, conj, gv_r, gv_i, gw_r, gw_i):
     """`_backward` for S4's K = 4 rows of v (K, R, N) that share w (R, N): each 1/(z - w) is computed once for
     the four rows (the divisions dominate), 16 running sums kept in registers. g (K, R, L), gv (K, R, N),
     gw (R, N) summed over K."""
-    K, R, N = vr.shape
+    _, R, N = vr.shape
     L = zr.shape[0]
     for r in prange(R):
         g0r, g0i, g1r, g1i = gr[0, r], gi[0, r], gr[1, r], gi[1, r]
@@ -195,6 +195,7 @@ class CauchyNumba(torch.autograd.Function):
         gv = torch.complex(torch.from_numpy(out[0]), torch.from_numpy(out[1])).reshape(K, R, N)
         gw = torch.complex(torch.from_numpy(out[2]), torch.from_numpy(out[3])).reshape(-1, R, N).sum(0)
         return (gv if ctx.needs_input_grad[0] else None, None, gw if ctx.needs_input_grad[2] else None, None)
+
 
 def cauchy_numba(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, conj: bool) -> torch.Tensor:
     """v (..., N), w broadcastable to v, z (L,) -> (..., L). When w has fewer leading dims than v (S4 passes
