@@ -18,6 +18,7 @@ ROWS = (  # (metric key of sashimi_core.evaluate.quality, label, decimals)
     ("spectral_flatness", "spectral flatness (median, non-silent frames)", 4),
     ("pitched_share", "pitched share of non-silent frames (pYIN)", 3),
     ("silent_share", "silent share of frames (< -50 dBFS)", 3),
+    ("sounding", "share of clips with any sound (a frame >= -50 dBFS)", 2),
     ("onset_rate", "onsets per second", 2),
     ("rms_dbfs_mean", "frame RMS dBFS, mean", 1),
     ("rms_dbfs_median", "frame RMS dBFS, median", 1),

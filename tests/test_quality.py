@@ -33,7 +33,7 @@ def test_sine_is_tonal_pitched_never_silent_and_at_its_level():
     y = sine()
     assert quality.spectral_flatness(y, SR) < 1e-3
     assert quality.pitched_share(y, SR) >= 0.95
-    assert quality.silent_share(y) == 0.0
+    assert quality.silent_share(y) == 0.0 and quality.sounding(y) == 1.0
     assert quality.onset_rate(y, SR) == 0.0  # a steady tone has no onset, not even at the clip's start
     level = quality.loudness(y)
     assert level["rms_dbfs_clip"] == pytest.approx(20 * math.log10(0.5 / math.sqrt(2)), abs=0.05)  # -9.03
@@ -51,7 +51,7 @@ def test_white_noise_is_flat_and_unpitched():
 
 @pytest.mark.parametrize("y", [np.zeros(SR, np.float32), white_noise(std=1e-4)], ids=["zeros", "dither-80dB"])
 def test_silence_is_all_silent_and_undefined_measures_are_nan(y):
-    assert quality.silent_share(y) == 1.0
+    assert quality.silent_share(y) == 1.0 and quality.sounding(y) == 0.0
     assert math.isnan(quality.spectral_flatness(y, SR))
     assert math.isnan(quality.pitched_share(y, SR))
     assert quality.onset_rate(y, SR) == 0.0
@@ -61,6 +61,7 @@ def test_silence_is_all_silent_and_undefined_measures_are_nan(y):
     assert row["rms_dbfs_mean"] < -70 and row["peak_dbfs"] < -50
     summary = quality.summarize([row, row])
     assert summary["silent_share"] == {"mean": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 2}
+    assert quality.summarize([row, quality.clip_proxies(sine(), SR)])["sounding"]["mean"] == 0.5
     assert summary["spectral_flatness"]["n"] == 0 and math.isnan(summary["spectral_flatness"]["mean"])
 
 

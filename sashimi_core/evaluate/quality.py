@@ -1,6 +1,7 @@
 """Quality proxies of an audio clip: cheap signal measurements that tell music from noise and silence.
 
     silent_share(audio)                     # share of frames whose RMS is below -50 dBFS, in [0, 1]
+    sounding(audio)                         # 1.0 if any frame is at or above -50 dBFS, else 0.0
     spectral_flatness(audio, sr)            # median flatness of the non-silent frames (0 tone .. ~0.56 noise)
     pitched_share(audio, sr)                # share of non-silent frames pYIN finds pitched (50-2000 Hz)
     onset_rate(audio, sr)                   # onsets per second (librosa onset detector, non-silent frames)
@@ -9,7 +10,8 @@
     summarize(rows)                         # per-clip dicts -> per-metric mean and 95% t-interval
 
 A known failure of small models is "one note, then near-silence": a high silent share and an onset rate near
-zero show it where flatness and pitch alone (measured on the few sounding frames) look fine.
+zero show it where flatness and pitch alone (measured on the few sounding frames) look fine. Its cousin for speech
+models, "no word at all", shows as a low share of sounding clips (``sounding`` averaged over a set).
 
 Conventions: audio is (T,) float in [-1, 1] at ``sample_rate`` Hz; dBFS is ``20 log10(rms)`` against full
 scale 1.0 (a full-scale sine is -3 dBFS), floored at ``DB_FLOOR``. Frames are centred (librosa's
@@ -68,6 +70,12 @@ def silent_share(audio, threshold_db: float = SILENCE_DB) -> float:
     (1.0 for an empty clip)."""
     silent = silent_frames(audio, threshold_db)
     return float(silent.mean()) if silent.size else 1.0
+
+
+def sounding(audio, threshold_db: float = SILENCE_DB) -> float:
+    """1.0 if any frame of audio (T,) reaches threshold_db dBFS, else 0.0: its mean over a set is the share of
+    clips that hold any sound at all (a speech model that often says nothing scores low)."""
+    return float(silent_share(audio, threshold_db) < 1.0)
 
 
 def spectral_flatness(audio, sample_rate: int, threshold_db: float = SILENCE_DB) -> float:
@@ -171,7 +179,7 @@ def loudness(audio) -> dict:
             "rms_dbfs_clip": float(_db(np.array(rms))), "peak_dbfs": float(_db(np.array(np.abs(y).max())))}
 
 
-METRICS = ("spectral_flatness", "pitched_share", "silent_share", "onset_rate", "rms_dbfs_mean",
+METRICS = ("spectral_flatness", "pitched_share", "silent_share", "sounding", "onset_rate", "rms_dbfs_mean",
            "rms_dbfs_median", "rms_dbfs_clip", "peak_dbfs")  # keys of clip_proxies, in report order
 
 
@@ -181,7 +189,7 @@ def clip_proxies(audio, sample_rate: int, pitch: bool = True, pitch_seconds: flo
     y = _mono(audio)
     out = {"spectral_flatness": spectral_flatness(y, sample_rate),
            "pitched_share": pitched_share(y, sample_rate, max_seconds=pitch_seconds) if pitch else math.nan,
-           "silent_share": silent_share(y), "onset_rate": onset_rate(y, sample_rate)}
+           "silent_share": silent_share(y), "sounding": sounding(y), "onset_rate": onset_rate(y, sample_rate)}
     out.update(loudness(y))
     return out
 
