@@ -187,9 +187,11 @@ def clip_proxies(audio, sample_rate: int, pitch: bool = True, pitch_seconds: flo
     """All proxies of one clip (T,) -> {name: float} with the keys of METRICS (NaN where undefined;
     pitched_share NaN too when ``pitch`` is False, pYIN being the slow one)."""
     y = _mono(audio)
+    silent = silent_share(y)
     out = {"spectral_flatness": spectral_flatness(y, sample_rate),
            "pitched_share": pitched_share(y, sample_rate, max_seconds=pitch_seconds) if pitch else math.nan,
-           "silent_share": silent_share(y), "sounding": sounding(y), "onset_rate": onset_rate(y, sample_rate)}
+           "silent_share": silent, "sounding": float(silent < 1.0),  # = sounding(y), without a second pass
+           "onset_rate": onset_rate(y, sample_rate)}
     out.update(loudness(y))
     return out
 
