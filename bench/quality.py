@@ -70,6 +70,7 @@ def nll_on_test(model, root: Path, length: int, n_clips: int, batch: int) -> dic
     idx = np.unique(np.linspace(0, len(data) - 1, min(n_clips, len(data))).round().astype(int))
     res = evaluate(model, [data[int(i)] for i in idx], batch_size=batch)
     res.pop("per_clip_nll_bits")
+    res.pop("per_clip_sounding_nll_bits", None)
     res.update(length=length, of_clips=len(data))
     return res
 

@@ -99,7 +99,11 @@ def markdown(result: dict) -> str:
                       f"(of {nll['of_clips']}); unigram entropy of those tokens "
                       f"{_num(nll['unigram_entropy_bits'], 4)} bits."
                       + (f" The model card says {model['card_test_nll_bits']} bits (its own clips and length)."
-                         if _finite(model.get("card_test_nll_bits")) else "")]
+                         if _finite(model.get("card_test_nll_bits")) else "")
+                      + (f" Split by 10-ms blocks: {_num(nll['nll_silent_bits'])} bits in the silent ones (< -50 "
+                         f"dBFS, {_num(100 * nll['silent_share'], 1)}% of samples), "
+                         f"{_num(nll['nll_sounding_bits'])} in the sounding ones."
+                         if _finite(nll.get("nll_sounding_bits")) else "")]
     if result.get("speech_metrics"):
         lines += ["", *speech_table(result["speech_metrics"])]
     t = result["timings_s"]

@@ -7,9 +7,10 @@ import soundfile as sf
 import torch
 
 from sashimi_core import PRESETS, SaShiMi
-from sashimi_core.evaluate.nll import evaluate
+from sashimi_core.evaluate.nll import evaluate, silent_samples
 from sashimi_core.evaluate.spectrogram import png_bytes_plain, wav_bytes, write_sample
 from sashimi_core.ops.metrics import log_mel, mean_ci, nll_bits, t_ppf, unigram_entropy_bits
+from sashimi_core.ops.quantize import encode
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -101,3 +102,41 @@ def test_evaluate_function_ci_brackets_mean():
     assert res["unigram_entropy_bits"] == pytest.approx(unigram_entropy_bits(torch.stack(clips)), abs=1e-9)
     assert evaluate(model, clips, batch_size=2, max_batches=1)["n_clips"] == 2
     assert model.training  # mode restored
+
+
+def test_silent_samples_marks_quiet_10ms_blocks():
+    """16 kHz: blocks of 160 samples. Silence, then a -20 dBFS sine from sample 480, then -60 dBFS noise
+    (quiet), with a length that leaves a short last block (loud) -> the mask is known block by block."""
+    sr, n = 16000, 1000
+    t = np.arange(n) / sr
+    audio = np.zeros(n)
+    audio[480:800] = 0.1 * math.sqrt(2) * np.sin(2 * np.pi * 440 * t[480:800])
+    audio[800:960] = np.random.default_rng(0).normal(0, 1e-3, 160)
+    audio[960:] = 0.5  # the short last block (40 samples) is loud
+    mask = silent_samples(encode(audio, "mu-law")[None], "mu-law", sr)[0]
+    expected = np.ones(n, bool)
+    expected[480:800] = expected[960:] = False
+    assert mask.shape == (n,) and (mask.numpy() == expected).all()
+    assert silent_samples(encode(audio, "mu-law")[None], "mu-law", sr, threshold_db=-70)[0, 800:960].logical_not().all()
+
+
+def test_evaluate_splits_nll_between_silent_and_sounding_samples():
+    torch.manual_seed(0)
+    model = SaShiMi(PRESETS["sashimi-tiny"])
+    sr = model.cfg.sample_rate
+    block = sr // 100
+    quiet, loud = encode(np.zeros(4 * block), model.cfg.quantization), encode(
+        0.3 * np.sin(np.arange(4 * block) * 0.05), model.cfg.quantization)
+    clips = [torch.cat([quiet, loud]), torch.cat([quiet, quiet]), torch.cat([loud, quiet])]
+    res = evaluate(model, clips, batch_size=2)
+    with torch.no_grad():
+        bits = nll_bits(model(torch.stack(clips)), torch.stack(clips), reduction="none").double()
+    silent = torch.zeros(3, 8 * block, dtype=torch.bool)
+    silent[0, :4 * block] = silent[1] = silent[2, 4 * block:] = True
+    assert res["silent_share"] == pytest.approx(4 / 6)
+    assert res["nll_silent_bits"] == pytest.approx(bits[silent].mean().item(), abs=1e-5)
+    assert res["nll_sounding_bits"] == pytest.approx(bits[~silent].mean().item(), abs=1e-5)
+    assert res["per_clip_sounding_nll_bits"][1] is None  # a clip without sound has no sounding mean
+    assert res["per_clip_sounding_nll_bits"][0] == pytest.approx(bits[0, 4 * block:].mean().item(), abs=1e-5)
+    weighted = res["silent_share"] * res["nll_silent_bits"] + (1 - res["silent_share"]) * res["nll_sounding_bits"]
+    assert weighted == pytest.approx(res["nll_bits"], abs=1e-5)  # equal-length clips: the pooled mean

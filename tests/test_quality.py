@@ -114,9 +114,12 @@ def test_cli_writes_json_markdown_and_png(tmp_path, tiny_model):
     assert all(isinstance(real[k]["mean"], float) and math.isfinite(real[k]["mean"]) for k in quality.METRICS)
     assert real["silent_share"]["mean"] == 0.0 and real["pitched_share"]["mean"] > 0.5  # 0.3-amplitude sines
     assert math.isfinite(res["nll"]["nll_bits"]) and res["nll"]["n_clips"] == 2
+    assert res["nll"]["silent_share"] == 0.0 and res["nll"]["nll_sounding_bits"] == pytest.approx(
+        res["nll"]["nll_bits"], abs=1e-6)  # loud sines: every block sounds
     assert len(res["sources"]["real"]) == 2 and res["sources"]["real"][0]["file"].startswith("test/")
     md = out.with_suffix(".md").read_text()
     assert "| proxy | unconditional | continuation (generated part) | real (test) |" in md and "Test NLL" in md
+    assert "% of samples), " in md and "in the sounding ones" in md
     png = out.with_suffix(".png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert res["files"]["png"] == str(out.with_suffix(".png"))

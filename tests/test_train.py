@@ -140,10 +140,15 @@ def test_evaluate_cli(trained, sc09, tmp_path):
                   res.stdout)
     mean, lo, hi, n = float(m[1]), float(m[2]), float(m[3]), int(m[4])
     assert lo < mean < hi and n == 12 and 0 < mean < 9
+    split = re.search(r"in silent 10-ms blocks \(< -50 dBFS, ([\d.]+)% of samples\): ([\d.]+); in sounding ones: "
+                      r"([\d.]+)", res.stdout)
+    share, silent, sounding = float(split[1]) / 100, float(split[2]), float(split[3])
+    assert share * silent + (1 - share) * sounding == pytest.approx(mean, abs=2e-3)  # printed to 0.1% and 1e-4
     ent = float(re.search(r"unigram entropy of the test tokens: ([\d.]+) bits", res.stdout)[1])
     assert 0 < ent <= 8
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["n_clips"] == 12 and saved["nll_bits"] == pytest.approx(mean, abs=1e-4)
+    assert len(saved["per_clip_sounding_nll_bits"]) == 12 and saved["silent_share"] == pytest.approx(share, abs=1e-3)
     bad = subprocess.run([sys.executable, "-m", "sashimi_core.evaluate", str(out), "--data", "sc09-synth",
                           "--data-root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "python -m sashimi_core.data build sc09-synth" in bad.stderr
