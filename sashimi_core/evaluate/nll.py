@@ -8,8 +8,8 @@ observation), the number of clips, and the unigram entropy of the evaluated 8-bi
 best model that ignores context, a yardstick for how much the model learned. It also splits the NLL between
 the clips' silent 10-ms blocks (RMS below -50 dBFS, the quality proxies' threshold) and the sounding ones: on
 data with a noise floor the silent part sits near the noise's entropy and cannot fall, so the sounding part is
-where a better model shows. Clips are the split's fixed
-segments of ``length`` samples (shorter files padded with silence, as in SC09), in order, so runs compare.
+where a better model shows. Clips are the split's fixed segments of ``length`` samples (shorter files padded
+with silence, as in SC09), in order, so runs compare.
 A run folder (``runs/<name>``) is accepted in place of its ``checkpoint/`` sub-folder.
 """
 from __future__ import annotations
@@ -119,8 +119,8 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int = 8, max_batches: 
         sounding = [x for x in per_clip_sounding if x is not None]
         s_mean, s_lo, s_hi = mean_ci(sounding, confidence) if sounding else (nan, nan, nan)
         res.update(silent_share=float(counts_split[0] / counts_split.sum()) if per_clip else nan,
-                   nll_silent_bits=means[0], nll_sounding_bits=means[1], sounding_clip_mean=s_mean, sounding_ci_low=s_lo,
-                   sounding_ci_high=s_hi, per_clip_sounding_nll_bits=per_clip_sounding)
+                   nll_silent_bits=means[0], nll_sounding_bits=means[1], sounding_clip_mean=s_mean,
+                   sounding_ci_low=s_lo, sounding_ci_high=s_hi, per_clip_sounding_nll_bits=per_clip_sounding)
     return res
 
 
