@@ -121,9 +121,10 @@ def plot_stages(files: list[Path], targets: list[float], out: Path, last: int = 
         y = [r["test_nll_bits"] for r in rows]
         err = [[r["test_nll_bits"] - r["ci_low"] for r in rows], [r["ci_high"] - r["test_nll_bits"] for r in rows]]
         line = ax.errorbar(x, y, yerr=err, fmt="o-", ms=4, capsize=2, label=f"{name} (test NLL, 95% CI)")[0]
-        for r in rows:
+        for r in rows:  # stage numbers above the first model's points, below the second's
             ax.annotate(f"{r['stage']}{'' if r.get('shipped', True) else ' (not shipped)'}",
-                        (r["samples"], r["test_nll_bits"]), textcoords="offset points", xytext=(4, 4 if k % 2 == 0 else -10), fontsize=7)
+                        (r["samples"], r["test_nll_bits"]), textcoords="offset points",
+                        xytext=(4, 4 if k % 2 == 0 else -10), fontsize=7)
         rate, end = doubling_rate(rows, last), [r for r in rows if r.get("shipped", True)][-1]
         reach = samples_to_target(rows, target, last)
         x_end = min(reach, end["samples"] * 2.0 ** 12)

@@ -101,8 +101,8 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int = 8, max_batches: 
                 sounding_sum, sounding_n = (bits * ~silent).sum(-1), (~silent).sum(-1)
                 sums += torch.stack([(bits * silent).sum(), sounding_sum.sum()])
                 counts_split += torch.stack([silent.sum(), sounding_n.sum()]).double()
-                per_clip_sounding += [s / n if n else None for s, n in zip(sounding_sum.tolist(),
-                                                                            sounding_n.tolist())]
+                per_clip_sounding += [s / n if n else None
+                                      for s, n in zip(sounding_sum.tolist(), sounding_n.tolist(), strict=True)]
             counts += torch.bincount(tokens.reshape(-1).cpu(), minlength=n_tokens).double()
             if progress is not None:
                 progress(b + 1, n_batches)
