@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sashimi_core.evaluate.quality import SILENCE_DB
+
 ROWS = (  # (metric key of sashimi_core.evaluate.quality, label, decimals)
     ("spectral_flatness", "spectral flatness (median, non-silent frames)", 4),
     ("pitched_share", "pitched share of non-silent frames (pYIN)", 3),
@@ -100,8 +102,8 @@ def markdown(result: dict) -> str:
                       f"{_num(nll['unigram_entropy_bits'], 4)} bits."
                       + (f" The model card says {model['card_test_nll_bits']} bits (its own clips and length)."
                          if _finite(model.get("card_test_nll_bits")) else "")
-                      + (f" Split by 10-ms blocks: {_num(nll['nll_silent_bits'])} bits in the silent ones (< -50 "
-                         f"dBFS, {_num(100 * nll['silent_share'], 1)}% of samples), "
+                      + (f" Split by 10-ms blocks: {_num(nll['nll_silent_bits'])} bits in the silent ones "
+                         f"(< {SILENCE_DB:g} dBFS, {_num(100 * nll['silent_share'], 1)}% of samples), "
                          f"{_num(nll['nll_sounding_bits'])} in the sounding ones."
                          if _finite(nll.get("nll_sounding_bits")) else "")]
     if result.get("speech_metrics"):

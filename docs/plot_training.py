@@ -27,9 +27,19 @@ import sys
 from pathlib import Path
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per non-empty line."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def shipped(rows: list[dict]) -> list[dict]:
+    """The stages whose weights were shipped (rows without the flag count as shipped)."""
+    return [r for r in rows if r.get("shipped", True)]
+
+
 def extract(metrics: Path) -> list[dict]:
     """A trainer's metrics.jsonl -> its validation records, with samples and wall-clock at each."""
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = read_jsonl(metrics)
     train = [r for r in records if r.get("kind") == "train"]
     if not train:
         raise SystemExit(f"{metrics}: no training records")
@@ -58,7 +68,7 @@ def plot(curves: list[Path], title: str, out: Path, overlay: bool = False) -> No
     fig, (by_samples, by_time) = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
     offset = 0.0
     for path in curves:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
         label = path.stem
         x = [(offset + r["samples"]) / 1e6 for r in rows]
         by_samples.plot(x, [r["val_nll_bits"] for r in rows], "o-", ms=3, label=label)
@@ -89,18 +99,18 @@ def doubling_rate(rows: list[dict], last: int = 3) -> float:
     """Bits of test NLL per doubling of samples: least-squares slope over the last `last` shipped stages."""
     import numpy as np
 
-    shipped = [r for r in rows if r.get("shipped", True)][-last:]
-    if len(shipped) < 2:
+    fit = shipped(rows)[-last:]
+    if len(fit) < 2:
         raise SystemExit("the extrapolation needs at least two shipped stages")
-    x = np.log2([r["samples"] for r in shipped])
-    return float(np.polyfit(x, [r["test_nll_bits"] for r in shipped], 1)[0])
+    x = np.log2([r["samples"] for r in fit])
+    return float(np.polyfit(x, [r["test_nll_bits"] for r in fit], 1)[0])
 
 
 def samples_to_target(rows: list[dict], target: float, last: int = 3) -> float:
     """Samples at which the last shipped stage, going on at `doubling_rate`, reaches target (inf if it never
     does at that rate)."""
     rate = doubling_rate(rows, last)
-    end = [r for r in rows if r.get("shipped", True)][-1]
+    end = shipped(rows)[-1]
     if end["test_nll_bits"] <= target:
         return float(end["samples"])
     return float("inf") if rate >= 0 else end["samples"] * 2.0 ** ((end["test_nll_bits"] - target) / -rate)
@@ -115,7 +125,7 @@ def plot_stages(files: list[Path], targets: list[float], out: Path, last: int = 
 
     fig, ax = plt.subplots(figsize=(7.5, 4))
     for k, (path, target) in enumerate(zip(files, targets, strict=True)):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
         name = path.stem.removesuffix("-test")
         x = [r["samples"] for r in rows]
         y = [r["test_nll_bits"] for r in rows]
@@ -125,7 +135,7 @@ def plot_stages(files: list[Path], targets: list[float], out: Path, last: int = 
             ax.annotate(f"{r['stage']}{'' if r.get('shipped', True) else ' (not shipped)'}",
                         (r["samples"], r["test_nll_bits"]), textcoords="offset points",
                         xytext=(4, 4 if k % 2 == 0 else -10), fontsize=7)
-        rate, end = doubling_rate(rows, last), [r for r in rows if r.get("shipped", True)][-1]
+        rate, end = doubling_rate(rows, last), shipped(rows)[-1]
         reach = samples_to_target(rows, target, last)
         x_end = min(reach, end["samples"] * 2.0 ** 12)
         met = end["test_nll_bits"] <= target
@@ -163,7 +173,7 @@ def main(argv=None) -> int:
     if args.cmd == "stages":
         plot_stages(args.files, args.targets, args.out, args.last)
         for path, target in zip(args.files, args.targets, strict=True):
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = read_jsonl(path)
             print(f"{path.stem}: {doubling_rate(rows, args.last):+.4f} bits per doubling over the last "
                   f"{args.last} shipped stages; target {target} at {samples_to_target(rows, target, args.last):.3g}"
                   " samples")
